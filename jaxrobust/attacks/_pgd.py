@@ -1,0 +1,162 @@
+"""Projected gradient descent (Madry et al. 2018) and FGSM, as pure functions.
+
+Sign convention (the one used throughout ``jaxrobust.attacks``): attack
+objectives are MAXIMISED. An untargeted attack ascends ``loss(logits, y)``; a
+targeted attack ascends ``-loss(logits, target)``.
+
+API: ``attack(logits_fn, rng, x, y, **settings) -> x_adv`` where
+``logits_fn(x) -> logits`` is pure (its BatchNorm mode is the caller's choice:
+pass the eval view for evaluation), ``x`` is float32 ``[B, H, W, C]`` in [0, 1]
+and ``y`` int32 ``[B]``. The result is float32 like ``x``, ``stop_gradient``-ed,
+within ``eps`` of ``x`` in the chosen norm and inside [0, 1].
+
+The iteration is a ``lax.fori_loop`` whose body is unrolled ``unroll`` times:
+compile time is bounded by ``unroll`` whatever ``num_steps`` is. On XLA:CPU a
+while-loop body runs markedly slower than straight-line code (see
+BENCHMARKS.md), so :func:`default_unroll` unrolls on CPU.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxrobust.attacks._losses import LOSSES
+from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction,
+                                            project, random_init)
+
+CPU_UNROLL = 10
+
+
+def default_unroll(num_steps: int) -> int:
+  """Loop unroll factor: ``min(num_steps, CPU_UNROLL)`` on CPU, 1 elsewhere."""
+  if jax.default_backend() == "cpu":
+    return max(1, min(int(num_steps), CPU_UNROLL))
+  return 1
+
+
+def _objective_fn(logits_fn, loss: str, targeted: bool, kappa: float) -> Callable:
+  if loss not in LOSSES:
+    raise ValueError(f"unknown attack loss {loss!r}; use one of {sorted(LOSSES)}")
+  base = LOSSES[loss]
+  if loss == "cw":
+    base = functools.partial(base, kappa=kappa)
+
+  def objective(x_adv, target):
+    logits = logits_fn(x_adv)
+    value = base(logits, target)
+    return (-value if targeted else value), logits
+
+  return objective
+
+
+def _is_success(logits, y, targeted):
+  pred = jnp.argmax(logits, axis=-1)
+  return (pred == y) if targeted else (pred != y)
+
+
+def pgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+        eps: float, step_size: float, num_steps: int, norm: str = "linf",
+        loss: str = "ce", random_start: str = "uniform", targeted: bool = False,
+        num_restarts: int = 1, early_stop: bool = False, kappa: float = 50.0,
+        ref_logits: jax.Array | None = None, unroll: int | None = None) -> jax.Array:
+  """PGD with L-inf or L2 threat model (Madry et al. 2018, eq. 2.1/2.2).
+
+  Each step: ``x <- Proj_{B(x0, eps) ∩ [0,1]}(x + step_size * dir(grad))`` with
+  ``dir = sign`` (L-inf) or ``g / ||g||_2`` (L2), gradient of the summed
+  per-example objective.
+
+  Args:
+    logits_fn: pure ``x -> logits`` (float32 ``[B, K]``).
+    rng: PRNG key for the random start(s).
+    x: float32 ``[B, H, W, C]`` in [0, 1].
+    y: int32 ``[B]``: true labels (untargeted) or target labels (targeted).
+      Ignored by ``loss='kl'``.
+    eps: budget in pixel units (e.g. 8/255 for L-inf, 0.5 for L2); > 0.
+    step_size: step length in pixel units; > 0.
+    num_steps: number of gradient steps; >= 1.
+    norm: ``'linf'`` or ``'l2'``.
+    loss: ``'ce'``, ``'cw'`` (hinge with ``kappa``), ``'margin'``, ``'kl'``
+      (TRADES: KL(p(x) || p(x')) to ``ref_logits``), ``'dlr'``.
+    random_start: ``'uniform'``, ``'normal'`` (0.001 N(0,1)) or ``'none'``.
+    targeted: ascend ``-loss(logits, y)`` towards target labels ``y``.
+    num_restarts: independent runs; each example keeps its worst case (a
+      successful run over an unsuccessful one, else the higher objective).
+    early_stop: freeze an example once it is misclassified (target reached),
+      as in Rice et al. 2020 ``attack_pgd(early_stop=True)``.
+    kappa: confidence of the CW hinge loss.
+    ref_logits: float32 ``[B, K]`` reference for ``loss='kl'``; defaults to
+      ``stop_gradient(logits_fn(x))``.
+    unroll: ``fori_loop`` unroll factor; None -> :func:`default_unroll`.
+
+  Returns:
+    float32 ``x_adv`` like ``x``; no gradient flows through it.
+
+  Raises:
+    ValueError: invalid norm, loss, random start, eps, step size or step count.
+  """
+  if norm not in NORMS:
+    raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
+  if random_start not in RANDOM_STARTS:
+    raise ValueError(f"unknown random_start {random_start!r}; use one of {RANDOM_STARTS}")
+  if not eps > 0 or not step_size > 0:
+    raise ValueError(f"eps ({eps}) and step_size ({step_size}) must be > 0")
+  if num_steps < 1 or num_restarts < 1:
+    raise ValueError(f"num_steps ({num_steps}) and num_restarts ({num_restarts}) must be >= 1")
+  x = jax.lax.stop_gradient(x.astype(jnp.float32))
+  target = y
+  if loss == "kl":
+    target = jax.lax.stop_gradient(logits_fn(x) if ref_logits is None else ref_logits)
+  objective = _objective_fn(logits_fn, loss, targeted, kappa)
+  grad_fn = jax.grad(lambda xa: _sum_aux(objective(xa, target)), has_aux=True)
+  unroll = default_unroll(num_steps) if unroll is None else unroll
+
+  def step(_, x_adv):
+    g, logits = grad_fn(x_adv)
+    x_new = project(x_adv + step_size * ascent_direction(g, norm), x, eps, norm)
+    if early_stop:
+      active = ~_is_success(logits, y, targeted)
+      x_new = jnp.where(active[:, None, None, None], x_new, x_adv)
+    return x_new
+
+  def run(key):
+    x0 = project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
+    return jax.lax.fori_loop(0, num_steps, step, x0, unroll=unroll)
+
+  if num_restarts == 1:
+    return jax.lax.stop_gradient(run(rng))
+
+  def restart(r, best):
+    best_x, best_obj, best_succ = best
+    x_r = run(jax.random.fold_in(rng, r))
+    obj, logits = objective(x_r, target)
+    succ = _is_success(logits, y, targeted)
+    better = (succ & ~best_succ) | ((succ == best_succ) & (obj > best_obj))
+    return (jnp.where(better[:, None, None, None], x_r, best_x),
+            jnp.where(better, obj, best_obj), succ | best_succ)
+
+  init = (x, jnp.full(x.shape[:1], -jnp.inf, jnp.float32), jnp.zeros(x.shape[:1], bool))
+  best_x, _, _ = jax.lax.fori_loop(0, num_restarts, restart, init)
+  return jax.lax.stop_gradient(best_x)
+
+
+def _sum_aux(value_and_logits):
+  value, logits = value_and_logits
+  return jnp.sum(value), logits
+
+
+def fgsm(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+         eps: float, step_size: float | None = None, norm: str = "linf", loss: str = "ce",
+         random_start: str = "none", targeted: bool = False, kappa: float = 50.0,
+         ref_logits: jax.Array | None = None) -> jax.Array:
+  """Fast gradient sign method (Goodfellow et al. 2015): one projected step.
+
+  With ``random_start='uniform'`` and ``step_size=1.25 * eps`` this is the
+  FGSM-RS attack of "Fast is better than free" (Wong et al. 2020, Alg. 3).
+  Arguments and result as :func:`pgd`; ``step_size`` defaults to ``eps``.
+  """
+  return pgd(logits_fn, rng, x, y, eps=eps, step_size=eps if step_size is None else step_size,
+             num_steps=1, norm=norm, loss=loss, random_start=random_start,
+             targeted=targeted, kappa=kappa, ref_logits=ref_logits, unroll=1)
