@@ -1,0 +1,48 @@
+r"""PGD-AT (Madry et al. 2018) on CIFAR-10, L-inf eps 8/255.
+
+Full setup (Rice et al. 2020 / ``csdongxian/AWP:AT_AWP/train_cifar10.py``,
+METHODS 2.1): PreAct-ResNet-18, PGD-10 with step 2/255 and uniform start,
+attack in train-mode BN, 200 epochs, batch 128, SGD(0.9) lr 0.1 decayed x0.1
+at 50 % and 75 %, weight decay 5e-4, best checkpoint by validation PGD
+accuracy. Reference (AWP logs, selected on test): 81.70 clean / 52.79 PGD-20
+best epoch; 84.60 / 43.75 last epoch.
+
+    python -m jaxrobust.train --config configs/cifar10_pgd_at.py --workdir runs/pgd_at
+
+``:local`` — a CPU-scale run on the bundled CIFAR-10 (about 20 minutes on 2
+cores): a small CNN trained with FGSM-AT with random init (Wong et al. 2020),
+one-cycle LR. Measured figures are in BENCHMARKS.md.
+
+    python -m jaxrobust.train --config configs/cifar10_pgd_at.py:local --workdir runs/local
+"""
+from jaxrobust.train.defaults import default_config, parse_arg
+
+
+def get_config(arg=None):
+  arg = parse_arg(arg, local=False, smoke=False)
+  c = default_config()
+  if arg.local or arg.smoke:
+    c.model.name = "simple_cnn"
+    c.method.name = "fgsm_at"
+    c.method.attack = dict(name="fgsm", eps=8 / 255, step_size=10 / 255,
+                           random_start="uniform")
+    c.train.num_epochs = 10
+    c.train.lr = 0.2
+    c.train.schedule = "cyclic"
+    c.train.weight_decay = 5e-4
+    c.train.log_every_steps = 20
+    c.eval.batch_size = 250
+    c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
+                             random_start="uniform")
+  if arg.smoke:  # a few steps, for tests.
+    c.model.name = "simple_cnn_tiny"
+    c.data.train_size = 256
+    c.data.val_size = 100
+    c.data.test_size = 100
+    c.train.batch_size = 32
+    c.train.num_steps = 4
+    c.train.log_every_steps = 2
+    c.eval.batch_size = 50
+    c.eval.val_attack.num_steps = 2
+    c.eval.test_attack.num_steps = 2
+  return c

@@ -1,0 +1,69 @@
+"""Accuracy under named attacks over a dataset, aggregated as (sum, count)."""
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import jax
+import numpy as np
+import tqdm
+
+from jaxrobust.attacks import attack_from_config
+from jaxrobust.data import ArrayDataset, eval_batches
+from jaxrobust.parallel import check_batch_size, global_batch
+from jaxrobust.train.step import make_eval_step
+
+
+def attacks_from_config(evals: Mapping[str, Mapping | None]) -> dict[str, Callable | None]:
+  """``{name: attack config or None}`` -> ``{name: attack fn or None}`` (None = clean)."""
+  return {name: (None if cfg is None else attack_from_config(cfg))
+          for name, cfg in evals.items()}
+
+
+def evaluate_accuracy(eval_step: Callable, params, batch_stats, dataset: ArrayDataset,
+                      batch_size: int, mesh, rng: jax.Array, desc: str | None = None
+                      ) -> dict[str, float]:
+  """Runs ``eval_step`` (from :func:`make_eval_step`) over every example.
+
+  Padded rows are masked, so the result is exact for any dataset size.
+
+  Returns:
+    ``{name: accuracy in [0, 1]}`` plus ``'count'``, the number of examples.
+  """
+  check_batch_size(batch_size, mesh, "eval batch size")
+  totals = None
+  batches = eval_batches(dataset, batch_size, jax.process_index(), jax.process_count())
+  n_batches = -(-len(dataset) // batch_size)
+  for i, batch in enumerate(tqdm.tqdm(batches, total=n_batches, desc=desc, leave=False,
+                                      disable=desc is None or jax.process_index() != 0)):
+    out = eval_step(params, batch_stats, global_batch(batch, mesh), jax.random.fold_in(rng, i))
+    totals = out if totals is None else jax.tree.map(lambda a, b: a + b, totals, out)
+  totals = jax.device_get(totals)
+  count = float(totals.pop("count"))
+  result = {k: float(v) / count for k, v in totals.items()}
+  result["count"] = count
+  return result
+
+
+def evaluate_model(model_fns, params, batch_stats, dataset: ArrayDataset,
+                   evals: Mapping[str, Mapping | None], batch_size: int, mesh, seed: int = 0,
+                   desc: str | None = None) -> dict[str, float]:
+  """Clean/robust accuracy of one model for a dict of attack configs."""
+  step = make_eval_step(model_fns, attacks_from_config(evals), mesh)
+  return evaluate_accuracy(step, params, batch_stats, dataset, batch_size, mesh,
+                           jax.random.PRNGKey(seed), desc)
+
+
+def exact_subset(dataset: ArrayDataset, n: int) -> ArrayDataset:
+  """The first ``n`` examples, refusing lossy (JPEG-derived) ones.
+
+  Robust accuracy meant for comparison with published numbers is measured on
+  exact pixels only (``test[:1000]`` of the bundled CIFAR-10).
+  """
+  sub = dataset.take(slice(0, n))
+  lossy = int(np.sum(~sub.exact))
+  if lossy:
+    from jaxrobust.errors import DataError  # pylint: disable=g-import-not-at-top
+    raise DataError(f"{lossy} of the first {n} {dataset.name} test images are JPEG-derived; "
+                    f"robust accuracy is reported on exact images only: use n <= "
+                    f"{int(np.argmin(dataset.exact)) or n}")
+  return sub

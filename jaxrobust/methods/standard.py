@@ -1,0 +1,25 @@
+"""Standard (clean) training: mean cross-entropy on the clean batch, train-mode BN."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from jaxrobust.methods.base import accuracy_sum, cross_entropy
+
+
+@dataclasses.dataclass(frozen=True)
+class Standard:
+  """Clean empirical risk minimisation."""
+  name: str = "standard"
+
+  def perturb(self, model, params, batch_stats, x, y, rng):
+    del model, params, batch_stats, y, rng
+    return x
+
+  def loss(self, params, batch_stats, model, x, y, x_train, rng):
+    del x
+    logits, new_bs = model.apply(params, batch_stats, x_train, train=True,
+                                 key=jax.random.fold_in(rng, 1))
+    loss = cross_entropy(logits, y)
+    return loss, (new_bs, {"loss": loss * y.shape[0], "accuracy": accuracy_sum(logits, y)})

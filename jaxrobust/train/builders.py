@@ -1,0 +1,55 @@
+"""Config -> data splits and model; shared by the trainer and the evaluation CLI."""
+from __future__ import annotations
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrobust.data import NUM_CLASSES, ArrayDataset, load_split, train_val_split
+from jaxrobust.models import create_model
+
+
+@dataclasses.dataclass
+class Splits:
+  train: ArrayDataset
+  val: ArrayDataset
+  test: ArrayDataset
+
+
+def build_splits(config, with_test: bool = True) -> Splits:
+  """Train / validation (held out from train) / test[:test_size] from config.data."""
+  d = config.data
+  full = load_split(d.name, "train", d.source, d.data_dir or None)
+  train_idx, val_idx = train_val_split(full.labels, d.val_size, d.split_seed)
+  if d.train_size and d.train_size < len(train_idx):
+    rng = np.random.default_rng([d.split_seed, 1])
+    train_idx = np.sort(rng.choice(train_idx, size=d.train_size, replace=False))
+  test = None
+  if with_test:
+    test = load_split(d.name, "test", d.source, d.data_dir or None)
+    if d.test_size:
+      test = test.take(slice(0, d.test_size))
+  return Splits(full.take(train_idx), full.take(val_idx), test)
+
+
+def model_kwargs(config, image_shape) -> dict:
+  """Constructor arguments implied by the data (classes, channels, image size)."""
+  kw = dict(num_classes=NUM_CLASSES[config.data.name], in_channels=image_shape[-1],
+            normalize=config.model.normalize,
+            dtype=None if config.model.dtype == "float32" else jnp.dtype(config.model.dtype))
+  if config.model.name.startswith("small_cnn"):
+    kw["image_size"] = image_shape[0]
+  return kw
+
+
+def build_model(config, image_shape, seed: int | None = None):
+  """The NNX model named by ``config.model`` for images of ``image_shape`` (H, W, C)."""
+  return create_model(config.model.name, seed=config.seed if seed is None else seed,
+                      **model_kwargs(config, image_shape))
+
+
+def model_fingerprint(config, image_shape) -> str:
+  """A string identifying the architecture, stored in checkpoints."""
+  kw = model_kwargs(config, image_shape)
+  return f"{config.model.name}|classes={kw['num_classes']}|in={tuple(image_shape)}"

@@ -1,0 +1,137 @@
+"""The training config schema: every key a config may set, with defaults.
+
+Config files start from :func:`default_config` (locked), so a misspelt key
+fails at once with the list of valid keys; :func:`validate_config` checks
+values. Free-form dicts (attack settings, ``evals``) are validated by the
+registries that consume them.
+"""
+from __future__ import annotations
+
+import ml_collections
+
+from jaxrobust.errors import ConfigError
+
+SCHEDULES = ("piecewise", "cosine", "cyclic", "constant")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """Defaults: PGD-AT of PreAct-ResNet-18 on CIFAR-10 (Rice et al. 2020)."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.num_devices = 0  # 0: all visible devices.
+
+  c.data = ml_collections.ConfigDict()
+  c.data.name = "cifar10"
+  c.data.source = "numpy"  # 'numpy' (bundled .npz) or 'tfds'.
+  c.data.data_dir = ""  # '' -> $JAXROBUST_DATA_DIR or ../shared/data.
+  c.data.val_size = 1000  # held out from train, class-balanced.
+  c.data.split_seed = 0
+  c.data.train_size = 0  # 0: all remaining train examples; else a seeded subset.
+  c.data.test_size = 1000  # test[:1000] is the exact CIFAR-10 subset.
+  c.data.augment = True
+  c.data.pad = 4
+  c.data.pad_mode = "constant"
+  c.data.flip = True
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "preact_resnet18"
+  c.model.normalize = "cifar10"  # mean/std inside the model.
+  c.model.dtype = "float32"  # or 'bfloat16' (compute dtype).
+
+  c.method = ml_collections.ConfigDict()
+  c.method.name = "pgd_at"
+  c.method.attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
+                         norm="linf", loss="ce", random_start="uniform")
+  c.method.attack_bn = "train"
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 128
+  c.train.num_epochs = 200
+  c.train.num_steps = 0  # > 0 overrides num_epochs (smoke tests).
+  c.train.lr = 0.1
+  c.train.momentum = 0.9
+  c.train.nesterov = False
+  c.train.weight_decay = 5e-4
+  c.train.schedule = "piecewise"
+  c.train.boundaries = (0.5, 0.75)  # fractions of training (piecewise).
+  c.train.scales = (0.1, 0.1)  # multiplicative factor at each boundary.
+  c.train.cyclic_peak = 0.4  # fraction of training at the peak (cyclic).
+  c.train.warmup_epochs = 0.0
+  c.train.ema_decay = 0.0  # > 0 keeps an EMA of the weights (evaluated too).
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
+  c.train.keep_checkpoints = 2
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 200
+  c.eval.every_epochs = 1
+  c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
+                           norm="linf", loss="ce", random_start="uniform")
+  c.eval.test_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=20,
+                            norm="linf", loss="ce", random_start="uniform")
+  c.eval.select = "val_robust"  # 'val_robust' or 'val_clean' for the best checkpoint.
+  c.lock()
+  return c
+
+
+def _fail(msg):
+  raise ConfigError(msg)
+
+
+def validate_config(c) -> None:
+  """Checks value ranges and names; raises ConfigError naming the key and the fix."""
+  from jaxrobust.attacks import attack_from_config  # pylint: disable=g-import-not-at-top
+  from jaxrobust.data import NUM_CLASSES  # pylint: disable=g-import-not-at-top
+  from jaxrobust.methods import method_from_config  # pylint: disable=g-import-not-at-top
+  from jaxrobust.models import MODELS  # pylint: disable=g-import-not-at-top
+  if c.data.name not in NUM_CLASSES:
+    _fail(f"config.data.name={c.data.name!r} is unknown; choose one of {sorted(NUM_CLASSES)}")
+  if c.data.source not in ("numpy", "tfds"):
+    _fail(f"config.data.source={c.data.source!r}; use 'numpy' or 'tfds'")
+  if c.model.name not in MODELS:
+    _fail(f"config.model.name={c.model.name!r} is unknown; choose one of {sorted(MODELS)}")
+  if c.model.dtype not in ("float32", "bfloat16", "float16"):
+    _fail(f"config.model.dtype={c.model.dtype!r}; use float32, bfloat16 or float16")
+  t = c.train
+  if t.batch_size < 1:
+    _fail(f"config.train.batch_size must be >= 1, got {t.batch_size}")
+  if t.num_epochs < 1 and t.num_steps < 1:
+    _fail("set config.train.num_epochs >= 1 (or config.train.num_steps >= 1)")
+  if not t.lr > 0:
+    _fail(f"config.train.lr must be > 0, got {t.lr}")
+  if not 0 <= t.momentum < 1 or t.weight_decay < 0:
+    _fail("config.train.momentum must be in [0, 1) and weight_decay >= 0")
+  if t.schedule not in SCHEDULES:
+    _fail(f"config.train.schedule={t.schedule!r}; choose one of {SCHEDULES}")
+  if len(t.boundaries) != len(t.scales) or any(not 0 < b < 1 for b in t.boundaries):
+    _fail("config.train.boundaries (fractions in (0, 1)) and scales need equal lengths")
+  if not 0 <= t.ema_decay < 1:
+    _fail(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
+  if c.eval.select not in ("val_robust", "val_clean"):
+    _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
+  if c.data.val_size < 1 and c.eval.every_epochs > 0:
+    _fail("config.data.val_size must be >= 1 when validation is on (eval.every_epochs > 0)")
+  method_from_config(c.method)
+  attack_from_config(c.eval.val_attack)
+  attack_from_config(c.eval.test_attack)
+
+
+def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
+  """Parses a config-file argument such as ``'local,epochs=5'`` (big_vision style).
+
+  A bare word sets a boolean to True; ``key=value`` casts to the default's type.
+
+  Raises:
+    ConfigError: an unknown argument name.
+  """
+  out = ml_collections.ConfigDict(defaults)
+  for part in filter(None, (arg or "").split(",")):
+    key, eq, value = part.partition("=")
+    if key not in defaults:
+      raise ConfigError(f"unknown config argument {key!r}; known: {sorted(defaults)}")
+    if not eq:
+      out[key] = True
+    else:
+      kind = type(defaults[key])
+      out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
+  return out

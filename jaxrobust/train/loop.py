@@ -1,0 +1,191 @@
+"""``train_and_evaluate(config, workdir)``: the one readable trainer.
+
+Sections: mesh -> data -> model and optimiser -> restore -> step -> loop with
+periodic validation and checkpoints -> final test evaluation.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import jax
+import numpy as np
+import tqdm
+
+from jaxrobust import parallel
+from jaxrobust.checkpoint import Checkpointer
+from jaxrobust.data import TrainIterator
+from jaxrobust.errors import NonFiniteLossError
+from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy
+from jaxrobust.methods import ModelFns, method_from_config
+from jaxrobust.train.builders import build_model, build_splits, model_fingerprint
+from jaxrobust.train.defaults import validate_config
+from jaxrobust.train.optim import make_optimizer
+from jaxrobust.train.state import create_train_state
+from jaxrobust.train.step import jit_train_step, make_eval_step, make_train_step
+from jaxrobust.utils import MetricWriter
+
+log = logging.getLogger("jaxrobust")
+
+
+def _save_config(config, workdir):
+  path = os.path.join(workdir, "config.json")
+  with open(path, "w", encoding="utf-8") as f:
+    f.write(config.to_json_best_effort(indent=2))
+
+
+def _summarise(sums: dict) -> dict:
+  sums = jax.device_get(sums)
+  n = max(float(sums.pop("count")), 1.0)
+  sums.pop("nonfinite", None)
+  return {f"train/{k}": float(v) / n for k, v in sums.items()}
+
+
+def _params_for_eval(state):
+  return state.ema_params if state.ema_params is not None else state.params
+
+
+def train_and_evaluate(config, workdir: str) -> dict:
+  """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints).
+
+  Returns:
+    The final report: test accuracies of the last and the best (validation-
+    selected) checkpoints, also written to ``<workdir>/report.json``.
+
+  Raises:
+    ConfigError, DataError, CheckpointError, NonFiniteLossError.
+  """
+  validate_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  is_main = jax.process_index() == 0
+  mesh = parallel.make_mesh(config.num_devices or None)
+  parallel.check_batch_size(config.train.batch_size, mesh)
+  parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
+
+  # Data.
+  splits = build_splits(config)
+  it = TrainIterator(splits.train, config.train.batch_size, config.seed,
+                     augment=config.data.augment, pad=config.data.pad,
+                     pad_mode=config.data.pad_mode, flip=config.data.flip,
+                     process_index=jax.process_index(), process_count=jax.process_count())
+  steps_per_epoch = it.steps_per_epoch
+  total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
+
+  # Model, optimiser, method.
+  image_shape = splits.train.image_shape
+  model = build_model(config, image_shape)
+  tx = make_optimizer(config.train, total_steps, steps_per_epoch)
+  graphdef, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0)
+  model_fns = ModelFns(graphdef)
+  method = method_from_config(config.method)
+  state = parallel.replicate(state, mesh)
+
+  # Restore.
+  fingerprint = model_fingerprint(config, image_shape)
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+  best_metric = -1.0
+  restored = ckpt.restore(state, "latest", expect_meta={"model": fingerprint})
+  if restored is not None:
+    state, meta = restored
+    it.restore(meta["data"])
+    best_metric = meta.get("best_metric", -1.0)
+    log.info("resumed from step %d", int(state.step))
+  if is_main:
+    _save_config(config, workdir)
+
+  train_step = jit_train_step(make_train_step(model_fns, method, tx, config.train.ema_decay),
+                              mesh)
+  val_step = make_eval_step(model_fns, attacks_from_config(
+      {"clean": None, "robust": dict(config.eval.val_attack)}), mesh)
+  writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main)
+
+  def save(step, best=False):
+    ckpt.save(step, state, {"data": it.state(), "best_metric": best_metric,
+                            "model": fingerprint, "epoch": step / steps_per_epoch}, best=best)
+
+  def check_finite(sums, step):
+    if float(jax.device_get(sums["nonfinite"])) > 0:
+      last = ckpt.latest_step()
+      raise NonFiniteLossError(
+          f"the training loss became NaN/inf before step {step}; nothing after the last "
+          f"good checkpoint ({'step ' + str(last) if last is not None else 'none'}) in "
+          f"{ckpt.directory} was saved. Lower config.train.lr or check the data, then "
+          f"rerun the same command to resume from it")
+
+  step = int(state.step)
+  sums, t0, t0_step = None, time.time(), step
+  bar = tqdm.tqdm(total=total_steps, initial=step, desc="train", disable=not is_main,
+                  dynamic_ncols=True)
+  try:
+    while step < total_steps:
+      batch = parallel.global_batch(next(it), mesh)
+      state, metrics = train_step(state, batch)
+      step += 1
+      sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
+      bar.update(1)
+      epoch_end = step % steps_per_epoch == 0
+      if step % config.train.log_every_steps == 0 or epoch_end or step == total_steps:
+        check_finite(sums, step)
+        summary = _summarise(sums)
+        summary["train/steps_per_s"] = (step - t0_step) / max(time.time() - t0, 1e-9)
+        bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
+                         if k != "train/grad_norm"})
+        writer.write(step, summary)
+        sums, t0, t0_step = None, time.time(), step
+      every = config.eval.every_epochs
+      if (epoch_end or step == total_steps) and every > 0 and (
+          (step // steps_per_epoch) % every == 0 or step == total_steps):
+        val = evaluate_accuracy(val_step, _params_for_eval(state), state.batch_stats,
+                                splits.val, config.eval.batch_size, mesh,
+                                jax.random.PRNGKey(config.seed + 1))
+        metric = val["robust"] if config.eval.select == "val_robust" else val["clean"]
+        writer.write(step, {"val/clean": val["clean"], "val/robust": val["robust"]})
+        tqdm.tqdm.write(f"epoch {step / steps_per_epoch:.2f}  val clean {val['clean']:.4f}  "
+                        f"val robust {val['robust']:.4f}") if is_main else None
+        is_best = metric > best_metric
+        best_metric = max(best_metric, metric)
+        save(step, best=is_best)
+      elif epoch_end or step == total_steps or (
+          config.train.checkpoint_every_steps and step % config.train.checkpoint_every_steps == 0):
+        if sums is not None:
+          check_finite(sums, step)
+        save(step)
+  finally:
+    bar.close()
+    writer.close()
+
+  report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh)
+  ckpt.close()
+  return report
+
+
+def final_test(config, workdir, ckpt, model_fns, state, splits, mesh) -> dict:
+  """Clean and PGD accuracy on the test subset for the last and best checkpoints."""
+  test_step = make_eval_step(model_fns, attacks_from_config(
+      {"clean": None, "robust": dict(config.eval.test_attack)}), mesh)
+  key = jax.random.PRNGKey(config.seed + 2)
+  report = {"test_size": len(splits.test), "test_attack": dict(config.eval.test_attack),
+            "exact_test_images": int(np.sum(splits.test.exact))}
+  report["last"] = evaluate_accuracy(test_step, _params_for_eval(state), state.batch_stats,
+                                     splits.test, config.eval.batch_size, mesh, key, "test")
+  report["last"]["step"] = int(state.step)
+  best = ckpt.restore(state, "best") if ckpt.best_step() is not None else None
+  if best is not None:
+    bstate, _ = best
+    report["best"] = evaluate_accuracy(test_step, _params_for_eval(bstate), bstate.batch_stats,
+                                       splits.test, config.eval.batch_size, mesh, key, "test")
+    report["best"]["step"] = int(bstate.step)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
+      json.dump(report, f, indent=2)
+    for which in ("last", "best"):
+      if which in report:
+        r = report[which]
+        print(f"test[:{report['test_size']}] {which} (step {r['step']}): clean accuracy "
+              f"{r['clean']:.4f}, PGD-{config.eval.test_attack['num_steps']} accuracy "
+              f"{r['robust']:.4f}", flush=True)
+  return report
+
+

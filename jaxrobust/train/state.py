@@ -1,0 +1,53 @@
+"""The train state: one pytree, everything a resumed run needs."""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Pure-pytree training state.
+
+  Attributes:
+    step: int32 scalar, optimiser steps taken.
+    params: ``nnx.State`` of ``nnx.Param`` leaves.
+    batch_stats: ``nnx.State`` of BatchNorm running averages.
+    opt_state: optax state.
+    ema_params: EMA of ``params`` (same structure) or None.
+    rng: uint32 ``[2]`` base PRNG key; step ``t`` uses ``fold_in(rng, t)``.
+  """
+  step: jax.Array
+  params: Any
+  batch_stats: Any
+  opt_state: Any
+  ema_params: Any
+  rng: jax.Array
+
+
+def split_model(model: nnx.Module):
+  """``model -> (graphdef, params, batch_stats)``."""
+  graphdef, params, batch_stats = nnx.split(model, nnx.Param, nnx.BatchStat)
+  return graphdef, params, batch_stats
+
+
+def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
+                       ema: bool = False):
+  """Returns ``(graphdef, TrainState)`` for a freshly initialised ``model``."""
+  graphdef, params, batch_stats = split_model(model)
+  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
+                     opt_state=tx.init(params),
+                     ema_params=jax.tree.map(jnp.copy, params) if ema else None,
+                     rng=jax.random.PRNGKey(seed))
+  return graphdef, state
+
+
+def ema_decay_at(decay: float, step):
+  """TF-style warm-up: ``min(decay, (1 + t) / (10 + t))`` (DeepMind ``ema_update``)."""
+  step = step.astype(jnp.float32)
+  return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
