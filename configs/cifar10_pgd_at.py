@@ -26,7 +26,7 @@ def get_config(arg=None):
     c.method.name = "fgsm_at"
     c.method.attack = dict(name="fgsm", eps=8 / 255, step_size=10 / 255,
                            random_start="uniform")
-    c.train.num_epochs = 10
+    c.train.num_epochs = 5
     c.train.lr = 0.2
     c.train.schedule = "cyclic"
     c.train.weight_decay = 5e-4
@@ -42,7 +42,7 @@ def get_config(arg=None):
     c.train.batch_size = 32
     c.train.num_steps = 4
     c.train.log_every_steps = 2
-    c.eval.batch_size = 50
+    c.eval.batch_size = 40
     c.eval.val_attack.num_steps = 2
     c.eval.test_attack.num_steps = 2
   return c

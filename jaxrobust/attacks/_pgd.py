@@ -122,8 +122,12 @@ def pgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     return x_new
 
   def run(key):
-    x0 = project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
-    return jax.lax.fori_loop(0, num_steps, step, x0, unroll=unroll)
+    x_adv = project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
+    if unroll >= num_steps:  # straight-line code: no while loop at all.
+      for i in range(num_steps):
+        x_adv = step(i, x_adv)
+      return x_adv
+    return jax.lax.fori_loop(0, num_steps, step, x_adv, unroll=unroll)
 
   if num_restarts == 1:
     return jax.lax.stop_gradient(run(rng))

@@ -19,6 +19,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import pathlib
+import zipfile
+import zlib
 
 import numpy as np
 
@@ -103,7 +105,7 @@ def load_numpy(name: str, split: str, data_dir: str | os.PathLike | None = None
       labels = np.asarray(f["labels"]).astype(np.int32)
       exact = np.asarray(f["exact"]).astype(bool) if "exact" in f else np.ones(
           len(labels), bool)
-  except (KeyError, ValueError, OSError) as e:
+  except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
     raise DataError(f"{path} is not a valid dataset archive with 'images' and "
                     f"'labels' arrays ({e}); restore the file") from e
   return ArrayDataset(images, labels, exact, name)

@@ -4,19 +4,55 @@ from __future__ import annotations
 from typing import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import tqdm
 
 from jaxrobust.attacks import attack_from_config
-from jaxrobust.data import ArrayDataset, eval_batches
-from jaxrobust.parallel import check_batch_size, global_batch
-from jaxrobust.train.step import make_eval_step
+from jaxrobust.data import ArrayDataset, eval_batches, to_float
+from jaxrobust.methods.base import ModelFns
+from jaxrobust.parallel import check_batch_size, data_sharding, global_batch, replicated
 
 
 def attacks_from_config(evals: Mapping[str, Mapping | None]) -> dict[str, Callable | None]:
   """``{name: attack config or None}`` -> ``{name: attack fn or None}`` (None = clean)."""
   return {name: (None if cfg is None else attack_from_config(cfg))
           for name, cfg in evals.items()}
+
+
+def make_eval_step(model: ModelFns, attacks: Mapping[str, Callable | None], mesh=None
+                   ) -> Callable:
+  """Builds a jitted ``eval_step(params, batch_stats, batch, rng) -> sums``.
+
+  Args:
+    model: the functional model.
+    attacks: ``{name: attack}``; ``None`` means clean accuracy. Attacks run on
+      the eval view (BatchNorm running averages).
+    mesh: when given, the batch is sharded over ``data`` and the result
+      replicated.
+
+  Returns:
+    A function whose output is ``{name: float32 number of correct examples,
+    'count': number of real (unpadded) examples}`` for one padded batch
+    (``batch['mask']`` marks real rows).
+  """
+
+  def eval_step(params, batch_stats, batch, rng):
+    x = to_float(batch["image"])
+    y = batch["label"].astype(jnp.int32)
+    mask = batch["mask"].astype(jnp.float32)
+    logits_fn = model.logits_fn(params, batch_stats, bn="eval")
+    out = {"count": jnp.sum(mask)}
+    for i, (name, attack) in enumerate(sorted(attacks.items())):
+      x_eval = x if attack is None else attack(logits_fn, jax.random.fold_in(rng, i), x, y)
+      correct = (jnp.argmax(logits_fn(x_eval), -1) == y).astype(jnp.float32)
+      out[name] = jnp.sum(correct * mask)
+    return out
+
+  if mesh is None:
+    return jax.jit(eval_step)
+  rep, dat = replicated(mesh), data_sharding(mesh)
+  return jax.jit(eval_step, in_shardings=(rep, rep, dat, rep), out_shardings=rep)
 
 
 def evaluate_accuracy(eval_step: Callable, params, batch_stats, dataset: ArrayDataset,

@@ -18,7 +18,14 @@ from jaxrobust.models.layers import Normalize, batch_norm, conv, linear
 
 
 def _max_pool(x):
-  return nnx.max_pool(x, (2, 2), strides=(2, 2))
+  """2x2/2 max-pool as reshape + max (floor on odd sizes).
+
+  Same values as ``nnx.max_pool(x, (2, 2), (2, 2))``; its gradient avoids
+  XLA's select-and-scatter, about 5x faster on CPU (BENCHMARKS.md).
+  """
+  b, h, w, c = x.shape
+  x = x[:, : h // 2 * 2, : w // 2 * 2]
+  return jnp.max(x.reshape(b, h // 2, 2, w // 2, 2, c), axis=(2, 4))
 
 
 class SmallCNN(nnx.Module):
@@ -62,7 +69,7 @@ class SimpleCNN(nnx.Module):
   """conv-BN-ReLU blocks; a max-pool after each group of ``convs_per_stage``."""
 
   def __init__(self, num_classes: int = 10, in_channels: int = 3,
-               widths: Sequence[int] = (32, 64, 128), convs_per_stage: int = 2,
+               widths: Sequence[int] = (32, 64, 128), convs_per_stage: int = 1,
                mean=None, std=None, dtype=None, *, rngs: nnx.Rngs):
     self.normalize = Normalize(mean, std)
     self.dtype = dtype

@@ -6,8 +6,8 @@ from jaxrobust.train.defaults import default_config, parse_arg, validate_config
 from jaxrobust.train.loop import train_and_evaluate
 from jaxrobust.train.optim import make_optimizer, make_schedule
 from jaxrobust.train.state import TrainState, create_train_state, split_model
-from jaxrobust.train.step import jit_train_step, make_eval_step, make_train_step
+from jaxrobust.train.step import jit_train_step, make_train_step
 
 __all__ = ["TrainState", "create_train_state", "default_config", "jit_train_step",
-           "make_eval_step", "make_optimizer", "parse_arg", "make_schedule", "make_train_step",
+           "make_optimizer", "parse_arg", "make_schedule", "make_train_step",
            "split_model", "train_and_evaluate", "validate_config"]

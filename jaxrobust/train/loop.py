@@ -18,13 +18,13 @@ from jaxrobust import parallel
 from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.data import TrainIterator
 from jaxrobust.errors import NonFiniteLossError
-from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy
+from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy, make_eval_step
 from jaxrobust.methods import ModelFns, method_from_config
 from jaxrobust.train.builders import build_model, build_splits, model_fingerprint
 from jaxrobust.train.defaults import validate_config
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import create_train_state
-from jaxrobust.train.step import jit_train_step, make_eval_step, make_train_step
+from jaxrobust.train.step import jit_train_step, make_train_step
 from jaxrobust.utils import MetricWriter
 
 log = logging.getLogger("jaxrobust")

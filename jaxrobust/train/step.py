@@ -1,4 +1,4 @@
-"""The jitted train and eval steps.
+"""The jitted train step.
 
 ``train_step(state, batch) -> (state, metrics)`` is one pure function: the
 method's perturbation (no gradient), the loss and its gradient, the optax
@@ -42,7 +42,7 @@ def make_train_step(model: ModelFns, method, tx: optax.GradientTransformation,
       ema = jax.tree.map(lambda e, p: d * e + (1.0 - d) * p, ema, params)
     metrics = dict(metrics)
     metrics["count"] = jnp.asarray(y.shape[0], jnp.float32)
-    metrics["grad_norm"] = optax.global_norm(grads) * y.shape[0]
+    metrics["grad_norm"] = optax.tree.norm(grads) * y.shape[0]
     metrics["nonfinite"] = (~jnp.isfinite(loss)).astype(jnp.float32)
     new_state = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats,
                               opt_state=opt_state, ema_params=ema)
@@ -56,38 +56,3 @@ def jit_train_step(train_step: Callable, mesh) -> Callable:
   rep, dat = replicated(mesh), data_sharding(mesh)
   return jax.jit(train_step, in_shardings=(rep, dat), out_shardings=(rep, rep),
                  donate_argnums=(0,))
-
-
-def make_eval_step(model: ModelFns, attacks: Mapping[str, Callable | None], mesh=None
-                   ) -> Callable:
-  """Builds a jitted ``eval_step(params, batch_stats, batch, rng) -> sums``.
-
-  Args:
-    model: the functional model.
-    attacks: ``{name: attack}``; ``None`` means clean accuracy. Attacks run on
-      the eval view (BatchNorm running averages).
-    mesh: when given, the batch is sharded over ``data`` and the result
-      replicated.
-
-  Returns:
-    A function whose output is ``{name: float32 number of correct examples,
-    'count': number of real (unpadded) examples}`` for one padded batch
-    (``batch['mask']`` marks real rows).
-  """
-
-  def eval_step(params, batch_stats, batch, rng):
-    x = to_float(batch["image"])
-    y = batch["label"].astype(jnp.int32)
-    mask = batch["mask"].astype(jnp.float32)
-    logits_fn = model.logits_fn(params, batch_stats, bn="eval")
-    out = {"count": jnp.sum(mask)}
-    for i, (name, attack) in enumerate(sorted(attacks.items())):
-      x_eval = x if attack is None else attack(logits_fn, jax.random.fold_in(rng, i), x, y)
-      correct = (jnp.argmax(logits_fn(x_eval), -1) == y).astype(jnp.float32)
-      out[name] = jnp.sum(correct * mask)
-    return out
-
-  if mesh is None:
-    return jax.jit(eval_step)
-  rep, dat = replicated(mesh), data_sharding(mesh)
-  return jax.jit(eval_step, in_shardings=(rep, rep, dat, rep), out_shardings=rep)

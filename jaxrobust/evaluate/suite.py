@@ -1,0 +1,54 @@
+"""The named evaluation attacks of the RSLAD table (Jia et al. 2022, Table 1).
+
+* ``clean``
+* ``fgsm``: one step of size eps, no random start.
+* ``pgd20``: PGD-20, CE, step eps/4 (2/255), uniform start ("PGD_SAT").
+* ``pgd20_trades``: the TRADES protocol (``yaodongyu/TRADES:
+  pgd_attack_cifar10.py``): eps 0.031, step 0.003, 20 steps, uniform start.
+* ``cw30``: CW-inf, 30 PGD steps of eps/4 on the CW hinge loss with kappa=50,
+  uniform start (``ZFancy/IAD:basic_eval.py``).
+
+``--eps`` rescales every budget and step proportionally (for L2, the steps are
+eps/4 and the TRADES protocol uses eps and step eps * 0.003 / 0.031).
+"""
+from __future__ import annotations
+
+from jaxrobust.errors import ConfigError
+
+DEFAULT_SUITE = ("clean", "fgsm", "pgd20", "pgd20_trades", "cw30")
+
+
+def suite_attacks(names, eps: float | None = None, norm: str = "linf") -> dict:
+  """``{name: attack config or None}`` for the requested evaluation names.
+
+  Args:
+    names: iterable of names from :data:`DEFAULT_SUITE`.
+    eps: budget in pixel units; None -> 8/255 (L-inf) or 0.5 (L2).
+    norm: ``'linf'`` or ``'l2'``.
+
+  Raises:
+    ConfigError: unknown name or norm.
+  """
+  if norm not in ("linf", "l2"):
+    raise ConfigError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
+  if eps is None:
+    eps = 8 / 255 if norm == "linf" else 0.5
+  trades_eps = 0.031 if (norm == "linf" and abs(eps - 8 / 255) < 1e-9) else eps
+  out = {}
+  for name in names:
+    if name == "clean":
+      out[name] = None
+    elif name == "fgsm":
+      out[name] = dict(name="fgsm", eps=eps, step_size=eps, norm=norm, random_start="none")
+    elif name == "pgd20":
+      out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=20, norm=norm,
+                       loss="ce", random_start="uniform")
+    elif name == "pgd20_trades":
+      out[name] = dict(name="pgd", eps=trades_eps, step_size=trades_eps * 0.003 / 0.031,
+                       num_steps=20, norm=norm, loss="ce", random_start="uniform")
+    elif name == "cw30":
+      out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=30, norm=norm,
+                       loss="cw", kappa=50.0, random_start="uniform")
+    else:
+      raise ConfigError(f"unknown evaluation {name!r}; choose from {DEFAULT_SUITE}")
+  return out
