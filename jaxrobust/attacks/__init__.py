@@ -47,9 +47,10 @@ def attack_from_config(cfg) -> Callable:
   if cfg.get("norm", "linf") == "linf" and eps > 1:
     raise ConfigError(f"attack {name!r}: L-inf eps {eps} > 1 is outside the [0, 1] pixel "
                       f"scale; write e.g. 8/255")
+  if (name == "pgd" or cfg.get("step_size") is not None) and not (
+      cfg.get("step_size") is not None and cfg["step_size"] > 0):
+    raise ConfigError(f"attack {name!r}: step_size must be > 0, got {cfg.get('step_size')}")
   if name == "pgd":
-    if cfg.get("step_size") is None or not cfg["step_size"] > 0:
-      raise ConfigError(f"attack 'pgd': step_size must be > 0, got {cfg.get('step_size')}")
     if int(cfg.get("num_steps", 0)) < 1:
       raise ConfigError(f"attack 'pgd': num_steps must be >= 1, got {cfg.get('num_steps')}")
   if cfg.get("loss", "ce") not in LOSSES:
