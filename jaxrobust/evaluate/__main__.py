@@ -52,6 +52,7 @@ def main(argv):
 
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]}")
+  parallel.init_distributed()
   workdir, which, step = _WORKDIR.value, _WHICH.value, None
   if _CHECKPOINT.value:
     path = os.path.abspath(_CHECKPOINT.value.rstrip("/"))

@@ -24,6 +24,8 @@ def main(argv):
   if _CONFIG.value is None or not _WORKDIR.value:
     raise ConfigError("both --config=configs/<name>.py[:arg] and --workdir=DIR are required")
   logging.set_verbosity(logging.WARNING)
+  from jaxrobust.parallel import init_distributed  # pylint: disable=g-import-not-at-top
+  init_distributed()
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 

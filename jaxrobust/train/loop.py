@@ -142,8 +142,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                 jax.random.PRNGKey(config.seed + 1))
         metric = val["robust"] if config.eval.select == "val_robust" else val["clean"]
         writer.write(step, {"val/clean": val["clean"], "val/robust": val["robust"]})
-        tqdm.tqdm.write(f"epoch {step / steps_per_epoch:.2f}  val clean {val['clean']:.4f}  "
-                        f"val robust {val['robust']:.4f}") if is_main else None
+        if is_main:
+          tqdm.tqdm.write(f"epoch {step / steps_per_epoch:.2f}  val clean {val['clean']:.4f}"
+                          f"  val robust {val['robust']:.4f}")
         is_best = metric > best_metric
         best_metric = max(best_metric, metric)
         save(step, best=is_best)
