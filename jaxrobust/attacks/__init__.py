@@ -7,19 +7,30 @@ from __future__ import annotations
 
 from typing import Callable
 
+from jaxrobust.attacks._fab import fab_projection, fab_targeted
 from jaxrobust.attacks._losses import (LOSSES, ce_loss, cw_loss, dlr_loss,
                                        dlr_targeted_loss, kl_loss, margin_loss)
+from jaxrobust.attacks._apgd import (apgd, apgd_single_run, apgd_targeted,
+                                     checkpoint_schedule, top_k_target)
 from jaxrobust.attacks._pgd import CPU_UNROLL, default_unroll, fgsm, pgd
 from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction,
                                             l2_project, linf_project, project,
                                             random_init)
+from jaxrobust.attacks._square import square
 from jaxrobust.errors import ConfigError
 
-ATTACKS = {"pgd": pgd, "fgsm": fgsm}
+ATTACKS = {"pgd": pgd, "fgsm": fgsm, "apgd": apgd, "apgd_t": apgd_targeted,
+           "fab_t": fab_targeted, "square": square}
 
 _KEYS = {"pgd": {"eps", "step_size", "num_steps", "norm", "loss", "random_start", "targeted",
                  "num_restarts", "early_stop", "kappa", "unroll"},
-         "fgsm": {"eps", "step_size", "norm", "loss", "random_start", "targeted", "kappa"}}
+         "fgsm": {"eps", "step_size", "norm", "loss", "random_start", "targeted", "kappa"},
+         "apgd": {"eps", "norm", "num_steps", "loss", "num_restarts", "rho", "unroll"},
+         "apgd_t": {"eps", "norm", "num_steps", "n_target_classes", "num_restarts", "rho",
+                    "unroll"},
+         "fab_t": {"eps", "norm", "num_steps", "num_restarts", "n_target_classes", "alpha_max",
+                   "eta", "beta"},
+         "square": {"eps", "norm", "n_queries", "p_init", "num_restarts"}}
 
 
 def attack_from_config(cfg) -> Callable:
@@ -67,7 +78,9 @@ def attack_from_config(cfg) -> Callable:
   return attack
 
 
-__all__ = ["ATTACKS", "CPU_UNROLL", "LOSSES", "NORMS", "RANDOM_STARTS", "ascent_direction",
+__all__ = ["apgd", "apgd_single_run", "apgd_targeted", "checkpoint_schedule", "top_k_target",
+           "ATTACKS", "CPU_UNROLL", "LOSSES", "NORMS", "RANDOM_STARTS", "ascent_direction",
            "attack_from_config", "ce_loss", "cw_loss", "default_unroll", "dlr_loss",
-           "dlr_targeted_loss", "fgsm", "kl_loss", "l2_project", "linf_project",
-           "margin_loss", "pgd", "project", "random_init"]
+           "dlr_targeted_loss", "fab_projection", "fab_targeted", "fgsm", "kl_loss",
+           "l2_project", "linf_project",
+           "margin_loss", "pgd", "project", "random_init", "square"]

@@ -1,12 +1,18 @@
 """Evaluation CLI.
 
     python -m jaxrobust.evaluate --workdir DIR [--which best|latest]
-        [--attacks clean,fgsm,pgd20,pgd20_trades,cw30] [--n-examples 1000]
-        [--eps 0.03137] [--norm linf] [--out report.json]
+        [--attacks clean,fgsm,pgd20,pgd20_trades,cw30,aa-standard] [--n_examples 1000]
+        [--eps 0.03137] [--norm linf] [--out report.json] [--aa_state DIR]
+        [--save_adv adv.npz] [--curve_eps 0,2,4,8,16,255 --curve_attacks pgd20,aa-standard]
 
 Restores the model trained in ``DIR`` (its ``config.json`` and checkpoints),
 evaluates it on the first ``n`` test images (exact pixels only) in eval-mode
-BatchNorm, prints a table and writes a JSON report.
+BatchNorm, prints a table and writes a JSON report (and a robust-accuracy-vs-
+eps plot with ``--curve_eps``).
+
+Names: ``clean``, ``fgsm``, ``pgd20``, ``pgd20_trades``, ``cw30`` (see
+:mod:`jaxrobust.evaluate.suite`), ``aa-standard``, ``aa-plus``, ``aa-rand``,
+and ``aa-custom`` (with ``--aa_attacks apgd-ce,square``).
 """
 from jaxrobust.cli import apply_cpu_defaults, run_main
 
@@ -21,6 +27,7 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint step directory, <workdir>/checkpoints/{best,latest}/<step>.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to evaluate.")
 _ATTACKS = flags.DEFINE_list("attacks", list(DEFAULT_SUITE), "Evaluations to run.")
+_AA_ATTACKS = flags.DEFINE_list("aa_attacks", [], "Attacks of aa-custom, e.g. apgd-ce,square.")
 _N = flags.DEFINE_integer("n_examples", 1000, "First n test images (exact ones only).")
 _EPS = flags.DEFINE_float("eps", None, "Budget in pixel units (default 8/255 L-inf, 0.5 L2).")
 _NORM = flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model.")
@@ -28,98 +35,70 @@ _BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: config.eval.
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
 _OUT = flags.DEFINE_string("out", None, "JSON report path (default <workdir>/eval_<which>.json).")
 _EMA = flags.DEFINE_bool("ema", True, "Evaluate the EMA weights when the run kept them.")
+_AA_STATE = flags.DEFINE_string("aa_state", None, "Directory to save/resume AutoAttack state.")
+_SAVE_ADV = flags.DEFINE_string("save_adv", None, "Save AutoAttack adversarial examples (.npz).")
+_CURVE_EPS = flags.DEFINE_list("curve_eps", [], "Eps values in 1/255 units for an accuracy-vs-"
+                               "eps curve (PNG next to the report).")
+_CURVE_ATTACKS = flags.DEFINE_list("curve_attacks", ["pgd20", "aa-standard"],
+                                   "Attacks of the eps curve.")
 
 
 def main(argv):
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
-  import time  # pylint: disable=g-import-not-at-top
 
   import jax  # pylint: disable=g-import-not-at-top
-  import ml_collections  # pylint: disable=g-import-not-at-top
 
   from jaxrobust import parallel  # pylint: disable=g-import-not-at-top
-  from jaxrobust.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
   from jaxrobust.data import load_split  # pylint: disable=g-import-not-at-top
-  from jaxrobust.errors import CheckpointError, ConfigError  # pylint: disable=g-import-not-at-top
-  from jaxrobust.evaluate.evaluators import evaluate_model, exact_subset  # pylint: disable=g-import-not-at-top
-  from jaxrobust.evaluate.suite import suite_attacks  # pylint: disable=g-import-not-at-top
-  from jaxrobust.methods import ModelFns  # pylint: disable=g-import-not-at-top
-  from jaxrobust.train.builders import build_model, model_fingerprint  # pylint: disable=g-import-not-at-top
-  from jaxrobust.train.defaults import default_config  # pylint: disable=g-import-not-at-top
-  from jaxrobust.train.optim import make_optimizer  # pylint: disable=g-import-not-at-top
-  from jaxrobust.train.state import create_train_state  # pylint: disable=g-import-not-at-top
+  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluate.evaluators import exact_subset  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluate.report import evaluate_names, plot_curve  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluate.restore import load_trained, parse_checkpoint_path  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]}")
   parallel.init_distributed()
   workdir, which, step = _WORKDIR.value, _WHICH.value, None
   if _CHECKPOINT.value:
-    path = os.path.abspath(_CHECKPOINT.value.rstrip("/"))
-    which, step = os.path.basename(os.path.dirname(path)), os.path.basename(path)
-    if which not in ("best", "latest") or not step.isdigit():
-      raise ConfigError(f"--checkpoint {path} is not <workdir>/checkpoints/{{best,latest}}/<step>")
-    step = int(step)
-    workdir = os.path.dirname(os.path.dirname(os.path.dirname(path)))
+    workdir, which, step = parse_checkpoint_path(_CHECKPOINT.value)
   if not workdir:
     raise ConfigError("pass --workdir DIR (a training workdir) or --checkpoint PATH")
-  cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(cfg_path):
-    raise CheckpointError(f"{cfg_path} not found: --workdir must be a directory written by "
-                          f"python -m jaxrobust.train")
-  with open(cfg_path, encoding="utf-8") as f:
-    saved = json.load(f)
-  config = default_config()
-  config.unlock()
-  config.update_from_flattened_dict(_flatten(saved))
-  config = ml_collections.ConfigDict(config)
-
-  attacks = suite_attacks(_ATTACKS.value, _EPS.value, _NORM.value)
+  trained = load_trained(workdir, which, step, use_ema=_EMA.value)
+  config = trained.config
   test = load_split(config.data.name, "test", config.data.source, config.data.data_dir or None)
   test = exact_subset(test, _N.value)
   mesh = parallel.make_mesh(config.num_devices or None)
-  model = build_model(config, test.image_shape)
-  tx = make_optimizer(config.train, 1, 1)
-  graphdef, state = create_train_state(model, tx, 0, ema=config.train.ema_decay > 0)
-  state = parallel.replicate(state, mesh)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  restored = ckpt.restore(state, which, step,
-                          expect_meta={"model": model_fingerprint(config, test.image_shape)})
-  if restored is None:
-    raise CheckpointError(f"no {which} checkpoint in {workdir}/checkpoints; train first or "
-                          f"use --which latest")
-  state, meta = restored
-  params = state.ema_params if (_EMA.value and state.ema_params is not None) else state.params
   batch = _BATCH.value or config.eval.batch_size
-  report = {"workdir": os.path.abspath(workdir), "checkpoint": which, "step": int(state.step),
-            "n_examples": len(test), "norm": _NORM.value, "attacks": attacks,
-            "ema": params is state.ema_params, "accuracy": {}, "seconds": {}}
-  for name, cfg in attacks.items():
-    t0 = time.time()
-    acc = evaluate_model(ModelFns(graphdef), params, state.batch_stats, test, {name: cfg},
-                         batch, mesh, _SEED.value, desc=name)
-    report["accuracy"][name] = acc[name]
-    report["seconds"][name] = round(time.time() - t0, 2)
-    print(f"{name:>14s}: {100 * acc[name]:6.2f} %   ({report['seconds'][name]:.1f} s)",
-          flush=True)
+  opts = dict(batch_size=batch, mesh=mesh, seed=_SEED.value, aa_attacks=_AA_ATTACKS.value,
+              aa_state=_AA_STATE.value)
+  report = {"workdir": trained.workdir, "checkpoint": which, "step": trained.step,
+            "n_examples": len(test), "norm": _NORM.value, "ema": trained.uses_ema}
+  report.update(evaluate_names(trained, test, _ATTACKS.value, _EPS.value, _NORM.value,
+                               verbose=True, save_adv=_SAVE_ADV.value, **opts))
   out = _OUT.value or os.path.join(workdir, f"eval_{which}.json")
+  if _CURVE_EPS.value:
+    curve = {}
+    for e in _CURVE_EPS.value:
+      eps = float(e) / 255
+      if eps == 0:
+        r = evaluate_names(trained, test, ["clean"], None, _NORM.value, **opts)
+        curve[e] = {a: r["accuracy"]["clean"] for a in _CURVE_ATTACKS.value}
+        continue
+      r = evaluate_names(trained, test, _CURVE_ATTACKS.value, eps, _NORM.value, **dict(
+          opts, aa_state=None))
+      curve[e] = r["accuracy"]
+      print(f"eps {e}/255: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in curve[e].items()),
+            flush=True)
+    report["curve"] = curve
+    png = os.path.splitext(out)[0] + "_curve.png"
+    if jax.process_index() == 0:
+      plot_curve(curve, png, _NORM.value)
+      print(f"plot written to {png}")
   if jax.process_index() == 0:
     with open(out, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
     print(f"report written to {out}")
-  ckpt.close()
-  del meta
-
-
-def _flatten(d, prefix=""):
-  out = {}
-  for k, v in d.items():
-    key = f"{prefix}{k}"
-    if isinstance(v, dict) and k not in ("attack", "val_attack", "test_attack"):
-      out.update(_flatten(v, key + "."))
-    else:
-      out[key] = tuple(v) if isinstance(v, list) else v
-  return out
 
 
 def run():

@@ -1,0 +1,273 @@
+"""Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness
+with an ensemble of diverse parameter-free attacks", Alg. 1), L-inf and L2.
+
+Semantics follow the reference ``fra31/auto-attack:autoattack/autopgd_base.py``
+(``APGDAttack.attack_single_run`` / ``perturb`` and ``APGDAttack_targeted``):
+
+* start ``x + eps * t / ||t||`` (t ~ U[-1, 1]^d for L-inf, N(0, I) for L2),
+  clipped to [0, 1];
+* step size ``2 * eps`` per example; momentum 0.75 (none on the first step):
+  ``z = P(x_k + eta * dir(g))``, ``x_{k+1} = P(x_k + 0.75 (z - x_k) + 0.25 (x_k - x_{k-1}))``;
+* checkpoints: the first after ``p_1 = max(int(0.22 n), 1)`` iterations, each next
+  interval shorter by ``max(int(0.03 n), 1)`` down to ``max(int(0.06 n), 1)``;
+  at a checkpoint an example's step size is halved and it restarts from its
+  best point (and gradient) when the loss increased in at most ``rho = 75 %``
+  of the interval's steps (condition 1, the reference's ``check_oscillation``
+  including its wrap-around read of the zero-initialised loss history at the
+  first checkpoint) or when the step was not reduced at the last checkpoint
+  and the best loss did not improve since (condition 2);
+* any misclassifying iterate is kept (``x_best_adv``);
+* restarts and target classes only attack points that are still robust.
+
+Sign convention: the objectives (CE, DLR, targeted DLR) are maximised.
+Deliberate differences: the loop is a ``lax.fori_loop`` over a fixed-size
+batch; the random stream differs from PyTorch's; EOT is not implemented.
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxrobust.attacks._losses import ce_loss, dlr_loss, dlr_targeted_loss
+from jaxrobust.attacks._pgd import default_unroll
+from jaxrobust.attacks._projections import project
+
+
+def checkpoint_schedule(num_steps: int) -> list[int]:
+  """Iterations (0-based) after which APGD checks its step size.
+
+  ``[p_1 - 1, p_1 + p_2 - 1, ...]`` with the reference's integer rule: first
+  interval ``max(int(0.22 n), 1)``, shrinking by ``max(int(0.03 n), 1)`` per
+  checkpoint down to ``max(int(0.06 n), 1)``.
+  """
+  k = max(int(0.22 * num_steps), 1)
+  k_min = max(int(0.06 * num_steps), 1)
+  decr = max(int(0.03 * num_steps), 1)
+  out, i = [], k - 1
+  while i < num_steps:
+    out.append(i)
+    k = max(k - decr, k_min)
+    i += k
+  return out
+
+
+def _normalize(t, norm):
+  axes = tuple(range(1, t.ndim))
+  if norm == "linf":
+    n = jnp.max(jnp.abs(t), axis=axes, keepdims=True)
+  else:
+    n = jnp.sqrt(jnp.sum(t * t, axis=axes, keepdims=True))
+  return t / (n + 1e-12)
+
+
+def _loss_fn(loss: str) -> Callable:
+  if loss == "ce":
+    return lambda logits, y, t: ce_loss(logits, y)
+  if loss == "dlr":
+    return lambda logits, y, t: dlr_loss(logits, y)
+  if loss == "dlr_targeted":
+    return dlr_targeted_loss
+  raise ValueError(f"unknown APGD loss {loss!r}; use 'ce', 'dlr' or 'dlr_targeted'")
+
+
+def oscillation_flags(loss_steps, i, k, rho=0.75):
+  """Condition 1 at iteration ``i`` with interval length ``k``.
+
+  ``loss_steps`` is float32 ``[n, B]`` (row j = loss after step j, zeros
+  for steps not taken). Counts ``loss[i-c] > loss[i-c-1]`` for c < k, reading
+  index -1 as row n-1 like the reference, and flags ``count <= k * rho``.
+  """
+  n = loss_steps.shape[0]
+  c = jnp.arange(n)
+  cur = loss_steps[jnp.mod(i - c, n)]
+  prev = loss_steps[jnp.mod(i - c - 1, n)]
+  inc = ((cur > prev) & (c < k)[:, None]).astype(jnp.float32)
+  return jnp.sum(inc, axis=0) <= k * rho
+
+
+def apgd_single_run(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+                    eps: float, norm: str = "linf", num_steps: int = 100, loss: str = "ce",
+                    y_target: jax.Array | None = None, rho: float = 0.75,
+                    eot_iter: int = 1, unroll: int | None = None):
+  """One APGD run (the reference's ``attack_single_run``).
+
+  Args:
+    logits_fn: pure ``x -> logits`` (eval-mode model).
+    rng: PRNG key of the random start.
+    x: float32 ``[B, H, W, C]`` in [0, 1].
+    y: int32 ``[B]`` true labels.
+    eps: budget in pixel units.
+    norm: ``'linf'`` or ``'l2'``.
+    num_steps: iterations (100 in AutoAttack).
+    loss: ``'ce'``, ``'dlr'`` or ``'dlr_targeted'`` (needs ``y_target``).
+    y_target: int32 ``[B]`` target classes for ``dlr_targeted``.
+    rho: the oscillation threshold (0.75).
+    eot_iter: Expectation over Transformation for randomised models: the
+      gradient is averaged over ``eot_iter`` calls ``logits_fn(x, key)``
+      with fresh keys (``logits_fn`` must then accept a key). 1: none.
+    unroll: loop unroll factor (None: :func:`default_unroll`).
+
+  Returns:
+    ``(x_adv, success, x_best, loss_best)``: ``x_adv`` float32 like x is the
+    last misclassifying iterate where one was found (``success`` bool ``[B]``)
+    and the start point otherwise; ``x_best``/``loss_best`` the highest-loss
+    iterate and its loss.
+  """
+  if norm not in ("linf", "l2"):
+    raise ValueError(f"APGD supports norm 'linf' or 'l2', got {norm!r}")
+  lf = _loss_fn(loss)
+  if loss == "dlr_targeted" and y_target is None:
+    raise ValueError("loss='dlr_targeted' needs y_target")
+  t_arg = y if y_target is None else y_target
+  x = jax.lax.stop_gradient(x.astype(jnp.float32))
+  b = x.shape[0]
+  bshape = (b,) + (1,) * (x.ndim - 1)
+
+  eot_key = jax.random.fold_in(rng, 1)
+
+  def value_grad(xa, i=0):
+    def f(z, key):
+      logits = logits_fn(z) if eot_iter == 1 else logits_fn(z, key)
+      l = lf(logits, y, t_arg)
+      return jnp.sum(l), (l, logits)
+    if eot_iter == 1:
+      g, (l, logits) = jax.grad(f, has_aux=True)(xa, None)
+      return l, g, logits
+    keys = jax.random.split(jax.random.fold_in(eot_key, i), eot_iter)
+    g, (l, logits) = jax.vmap(jax.grad(f, has_aux=True), in_axes=(None, 0))(xa, keys)
+    return l[-1], jnp.mean(g, 0), logits[-1]
+
+  if norm == "linf":
+    t = jax.random.uniform(rng, x.shape, jnp.float32, -1.0, 1.0)
+  else:
+    t = jax.random.normal(rng, x.shape, jnp.float32)
+  x_adv = jnp.clip(x + eps * _normalize(t, norm), 0.0, 1.0)
+  l0, g0, logits0 = value_grad(x_adv)
+  acc = jnp.argmax(logits0, -1) == y
+
+  k0 = max(int(0.22 * num_steps), 1)
+  k_min = max(int(0.06 * num_steps), 1)
+  decr = max(int(0.03 * num_steps), 1)
+  step0 = 2.0 * eps
+
+  init = dict(x_adv=x_adv, x_old=x_adv, grad=g0, x_best=x_adv, grad_best=g0, loss_best=l0,
+              x_best_adv=x_adv, acc=acc, step=jnp.full((b,), step0, jnp.float32),
+              loss_steps=jnp.zeros((num_steps, b), jnp.float32), counter=jnp.int32(0),
+              k=jnp.int32(k0), loss_best_last=l0, reduced_last=jnp.ones((b,), bool))
+
+  def body(i, s):
+    a = jnp.where(i > 0, 0.75, 1.0)
+    grad2 = s["x_adv"] - s["x_old"]
+    x_cur = s["x_adv"]
+    step = s["step"].reshape(bshape)
+    if norm == "linf":
+      z = project(x_cur + step * jnp.sign(s["grad"]), x, eps, norm)
+    else:
+      z = project(x_cur + step * _normalize(s["grad"], norm), x, eps, norm)
+    x_new = project(x_cur + (z - x_cur) * a + grad2 * (1.0 - a), x, eps, norm)
+
+    l, g, logits = value_grad(x_new, i + 1)
+    pred_ok = jnp.argmax(logits, -1) == y
+    acc_new = s["acc"] & pred_ok
+    fooled = (~pred_ok).reshape(bshape)
+    x_best_adv = jnp.where(fooled, x_new, s["x_best_adv"])
+    loss_steps = s["loss_steps"].at[i].set(l)
+    improved = l > s["loss_best"]
+    imp = improved.reshape(bshape)
+    x_best = jnp.where(imp, x_new, s["x_best"])
+    grad_best = jnp.where(imp, g, s["grad_best"])
+    loss_best = jnp.where(improved, l, s["loss_best"])
+
+    counter = s["counter"] + 1
+    check = counter == s["k"]
+    fl_osc = oscillation_flags(loss_steps, i, s["k"], rho)
+    fl_noimpr = (~s["reduced_last"]) & (s["loss_best_last"] >= loss_best)
+    fl = (fl_osc | fl_noimpr) & check
+    flb = fl.reshape(bshape)
+    new = dict(
+        x_adv=jnp.where(flb, x_best, x_new), x_old=x_cur,
+        grad=jnp.where(flb, grad_best, g), x_best=x_best, grad_best=grad_best,
+        loss_best=loss_best, x_best_adv=x_best_adv, acc=acc_new,
+        step=jnp.where(fl, s["step"] / 2.0, s["step"]), loss_steps=loss_steps,
+        counter=jnp.where(check, 0, counter),
+        k=jnp.where(check, jnp.maximum(s["k"] - decr, k_min), s["k"]),
+        loss_best_last=jnp.where(check, loss_best, s["loss_best_last"]),
+        reduced_last=jnp.where(check, fl_osc | fl_noimpr, s["reduced_last"]))
+    return new
+
+  unroll = default_unroll(num_steps) if unroll is None else unroll
+  s = jax.lax.fori_loop(0, num_steps, body, init, unroll=unroll)
+  sg = jax.lax.stop_gradient
+  return sg(s["x_best_adv"]), ~s["acc"], sg(s["x_best"]), sg(s["loss_best"])
+
+
+def top_k_target(logits, rank: int | jax.Array):
+  """The class with the ``rank``-th largest logit (rank 2 = best non-top class).
+
+  As the reference's ``output.sort(dim=1)[1][:, -target_class]``.
+  """
+  order = jnp.argsort(logits, axis=-1)
+  return jnp.take_along_axis(order, (logits.shape[-1] - rank) * jnp.ones(
+      (logits.shape[0], 1), jnp.int32), axis=-1)[:, 0]
+
+
+def apgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps: float,
+         norm: str = "linf", num_steps: int = 100, loss: str = "ce", num_restarts: int = 1,
+         rho: float = 0.75, unroll: int | None = None) -> jax.Array:
+  """APGD-CE / APGD-DLR with restarts on a batch (reference ``APGDAttack.perturb``).
+
+  Args:
+    logits_fn, rng, x, y, eps, norm, num_steps, rho, unroll: as
+      :func:`apgd_single_run`.
+    loss: ``'ce'`` or ``'dlr'``.
+    num_restarts: runs; each later run only changes points still robust.
+
+  Returns:
+    float32 ``x_adv`` like ``x``: a misclassified point where one was found,
+    else ``x`` itself; within eps and [0, 1]; no gradient.
+  """
+  x = x.astype(jnp.float32)
+  robust = jnp.argmax(logits_fn(x), -1) == y
+  adv = x
+
+  for r in range(num_restarts):
+    x_r, succ, _, _ = apgd_single_run(logits_fn, jax.random.fold_in(rng, r), x, y, eps=eps,
+                                      norm=norm, num_steps=num_steps, loss=loss, rho=rho,
+                                      unroll=unroll)
+    new = robust & succ
+    adv = jnp.where(new.reshape((-1,) + (1,) * (x.ndim - 1)), x_r, adv)
+    robust = robust & ~succ
+  return jax.lax.stop_gradient(adv)
+
+
+def apgd_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+                  eps: float, norm: str = "linf", num_steps: int = 100,
+                  n_target_classes: int = 9, num_restarts: int = 1, rho: float = 0.75,
+                  unroll: int | None = None) -> jax.Array:
+  """APGD-T: targeted DLR towards each of the top ``n_target_classes`` non-true
+  classes of the clean point in turn (reference ``APGDAttack_targeted``).
+
+  Needs at least ``n_target_classes + 1`` classes (and 4 for the DLR
+  denominator). Returns ``x_adv`` as :func:`apgd`.
+  """
+  x = x.astype(jnp.float32)
+  clean_logits = logits_fn(x)
+  if clean_logits.shape[-1] < max(n_target_classes + 1, 4):
+    raise ValueError(f"APGD-T with {n_target_classes} targets needs at least "
+                     f"{max(n_target_classes + 1, 4)} classes, got {clean_logits.shape[-1]}")
+  robust = jnp.argmax(clean_logits, -1) == y
+  adv = x
+  run = functools.partial(apgd_single_run, logits_fn, eps=eps, norm=norm,
+                          num_steps=num_steps, loss="dlr_targeted", rho=rho, unroll=unroll)
+  for t in range(2, n_target_classes + 2):
+    target = top_k_target(clean_logits, t)
+    for r in range(num_restarts):
+      key = jax.random.fold_in(jax.random.fold_in(rng, t), r)
+      x_r, succ, _, _ = run(key, x, y, y_target=target)
+      new = robust & succ
+      adv = jnp.where(new.reshape((-1,) + (1,) * (x.ndim - 1)), x_r, adv)
+      robust = robust & ~succ
+  return jax.lax.stop_gradient(adv)
