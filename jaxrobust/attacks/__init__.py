@@ -10,7 +10,8 @@ from typing import Callable
 from jaxrobust.attacks._fab import fab_projection, fab_targeted
 from jaxrobust.attacks._losses import (LOSSES, ce_loss, cw_loss, dlr_loss,
                                        dlr_targeted_loss, kl_loss, margin_loss)
-from jaxrobust.attacks._apgd import (apgd, apgd_single_run, apgd_targeted,
+from jaxrobust.attacks._apgd import (apgd, apgd_single_run, apgd_targeted, oscillation_flags,
+                                     step_size_flags,
                                      checkpoint_schedule, top_k_target)
 from jaxrobust.attacks._pgd import CPU_UNROLL, default_unroll, fgsm, pgd
 from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction,

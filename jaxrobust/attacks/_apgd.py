@@ -88,6 +88,17 @@ def oscillation_flags(loss_steps, i, k, rho=0.75):
   return jnp.sum(inc, axis=0) <= k * rho
 
 
+def step_size_flags(loss_steps, i, k, loss_best, loss_best_last, reduced_last, rho=0.75):
+  """Which examples halve their step (and restart from their best point).
+
+  At a checkpoint (iteration ``i``, interval ``k``): condition 1
+  (:func:`oscillation_flags`) or condition 2 (the step was not reduced at the
+  previous checkpoint, ``~reduced_last``, and ``loss_best`` did not improve on
+  ``loss_best_last``, the best loss at that checkpoint). bool ``[B]``.
+  """
+  return oscillation_flags(loss_steps, i, k, rho) | (~reduced_last & (loss_best_last >= loss_best))
+
+
 def apgd_single_run(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
                     eps: float, norm: str = "linf", num_steps: int = 100, loss: str = "ce",
                     y_target: jax.Array | None = None, rho: float = 0.75,
@@ -183,9 +194,9 @@ def apgd_single_run(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Ar
 
     counter = s["counter"] + 1
     check = counter == s["k"]
-    fl_osc = oscillation_flags(loss_steps, i, s["k"], rho)
-    fl_noimpr = (~s["reduced_last"]) & (s["loss_best_last"] >= loss_best)
-    fl = (fl_osc | fl_noimpr) & check
+    halve = step_size_flags(loss_steps, i, s["k"], loss_best, s["loss_best_last"],
+                            s["reduced_last"], rho)
+    fl = halve & check
     flb = fl.reshape(bshape)
     new = dict(
         x_adv=jnp.where(flb, x_best, x_new), x_old=x_cur,
@@ -195,7 +206,7 @@ def apgd_single_run(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Ar
         counter=jnp.where(check, 0, counter),
         k=jnp.where(check, jnp.maximum(s["k"] - decr, k_min), s["k"]),
         loss_best_last=jnp.where(check, loss_best, s["loss_best_last"]),
-        reduced_last=jnp.where(check, fl_osc | fl_noimpr, s["reduced_last"]))
+        reduced_last=jnp.where(check, halve, s["reduced_last"]))
     return new
 
   unroll = default_unroll(num_steps) if unroll is None else unroll
