@@ -29,6 +29,12 @@ def _manager(path: str, keep: int) -> ocp.CheckpointManager:
                                            enable_async_checkpointing=False))
 
 
+def _drop_frozen(state):
+  if getattr(state, "frozen", None) is not None:
+    return state.replace(frozen=None)
+  return state
+
+
 def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -48,7 +54,11 @@ class Checkpointer:
     return self._best.latest_step()
 
   def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
-    """Saves ``state`` and ``meta`` as ``latest/<step>`` (and ``best/<step>``)."""
+    """Saves ``state`` and ``meta`` as ``latest/<step>`` (and ``best/<step>``).
+
+    A ``frozen`` field (read-only method inputs such as a teacher) is not saved.
+    """
+    state = _drop_frozen(state)
     args = ocp.args.Composite(state=ocp.args.StandardSave(state),
                               meta=ocp.args.JsonSave(meta))
     if step not in self._latest.all_steps():
@@ -90,15 +100,19 @@ class Checkpointer:
         raise CheckpointError(
             f"checkpoint {where} does not match this run: {k} is {meta.get(k)!r} there "
             f"but {v!r} here; use the original config or a fresh --workdir")
+    frozen = getattr(target, "frozen", None)
     try:
       restored = mgr.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(_abstract(target))))
+          state=ocp.args.StandardRestore(_abstract(_drop_frozen(target)))))
     except Exception as e:  # pylint: disable=broad-except
       raise CheckpointError(
           f"checkpoint {where} could not be restored into this model ({type(e).__name__}: "
           f"{str(e)[:300]}); it is corrupt or from a different model/config: move it away "
           f"or use a fresh --workdir") from e
-    return restored["state"], meta
+    state = restored["state"]
+    if frozen is not None:
+      state = state.replace(frozen=frozen)
+    return state, meta
 
   def close(self) -> None:
     self._latest.close()

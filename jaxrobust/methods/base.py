@@ -3,10 +3,14 @@
 A method is the only place that knows which BatchNorm view each branch uses.
 The trainer calls, inside one jitted step::
 
-    aux = method.perturb(model, params, batch_stats, x, y, rng)       # no grad
-    loss, (batch_stats, metrics) = grad(method.loss)(params, ...)       # grad
+    aux = method.perturb(model, params, batch_stats, x, y, rng, frozen=...)    # no grad
+    loss, (batch_stats, metrics) = grad(method.loss)(
+        params, batch_stats, model, x, y, aux, rng, frozen=...)                 # grad
 
-``model`` is a :class:`ModelFns` that evaluates the NNX graph functionally.
+``model`` is a :class:`ModelFns` that evaluates the NNX graph functionally;
+``aux`` is whatever ``perturb`` returns (usually ``x_adv``); ``frozen`` is
+``TrainState.frozen`` (read-only inputs such as a teacher's weights, or None).
+``metrics`` are per-step sums (the trainer divides by the example count).
 """
 from __future__ import annotations
 

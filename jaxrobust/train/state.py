@@ -21,6 +21,9 @@ class TrainState:
     opt_state: optax state.
     ema_params: EMA of ``params`` (same structure) or None.
     rng: uint32 ``[2]`` base PRNG key; step ``t`` uses ``fold_in(rng, t)``.
+    frozen: read-only inputs of the method (e.g. a distillation teacher's
+      weights) passed into the jitted step as arguments, never updated and
+      not written to checkpoints; None when unused.
   """
   step: jax.Array
   params: Any
@@ -28,6 +31,7 @@ class TrainState:
   opt_state: Any
   ema_params: Any
   rng: jax.Array
+  frozen: Any = None
 
 
 def split_model(model: nnx.Module):
@@ -37,13 +41,13 @@ def split_model(model: nnx.Module):
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
-                       ema: bool = False):
+                       ema: bool = False, frozen: Any = None):
   """Returns ``(graphdef, TrainState)`` for a freshly initialised ``model``."""
   graphdef, params, batch_stats = split_model(model)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                      opt_state=tx.init(params),
                      ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-                     rng=jax.random.PRNGKey(seed))
+                     rng=jax.random.PRNGKey(seed), frozen=frozen)
   return graphdef, state
 
 

@@ -30,10 +30,10 @@ def make_train_step(model: ModelFns, method, tx: optax.GradientTransformation,
     x = to_float(batch["image"])
     y = batch["label"].astype(jnp.int32)
     x_train = jax.lax.stop_gradient(
-        method.perturb(model, state.params, state.batch_stats, x, y, rng))
+        method.perturb(model, state.params, state.batch_stats, x, y, rng, frozen=state.frozen))
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
     (loss, (batch_stats, metrics)), grads = grad_fn(
-        state.params, state.batch_stats, model, x, y, x_train, rng)
+        state.params, state.batch_stats, model, x, y, x_train, rng, frozen=state.frozen)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params
