@@ -75,7 +75,7 @@ def _num_bisect_steps(n: int) -> int:
 
 
 def _projection_linf(t, w, b):
-  """L-inf projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D`` (see :func:`fab_projection`)."""
+  """L-inf projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`."""
   n_rows, dim = t.shape
   # Orient the hyperplane so that t lies on its non-negative side: the solution
   # then moves every coordinate towards the box corner ``a`` minimising <w, z>.
@@ -112,7 +112,7 @@ def _projection_linf(t, w, b):
 
 
 def _projection_l2(t, w, b):
-  """L2 projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D`` (see :func:`fab_projection`)."""
+  """L2 projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`."""
   n_rows, dim = t.shape
   c = jnp.sum(w * t, axis=1) - b
   w = jnp.where((c < 0)[:, None], -w, w)            # now z = clip(t - r w) decreases <w, z>
@@ -149,7 +149,7 @@ def _projection_l2(t, w, b):
 
 
 def _projection_l1(t, w, b):
-  """L1 projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D`` (see :func:`fab_projection`)."""
+  """L1 projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`."""
   n_rows, dim = t.shape
   c = jnp.sum(w * t, axis=1) - b
   w = jnp.where((c < 0)[:, None], -w, w)
@@ -282,7 +282,7 @@ def fab_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array
       overflows in half precision (``1e10`` is not a float16; see
       Harry24k/adversarial-attacks-pytorch#100). The attack itself runs in
       float32 (logits are cast), and divisions in branches that are discarded
-      are guarded, so no inf/NaN is ever formed.
+      are guarded, so no inf/NaN reaches the result.
     * The targeted attack has a single hyperplane, so the reference's choice
       of the closest hyperplane (``dist1`` with its 1e-12) is omitted.
     * ``n_target_classes`` is clamped to ``K - 1`` (the reference raises an
