@@ -18,9 +18,11 @@ list of those names.
 
 Deliberate differences: the still-robust points are gathered on the host and
 attacked in fixed-size, device-sharded batches (padding rows are ignored);
-APGD-T's and FAB-T's target classes, and restarts, are each one pass over the
-points still robust after the previous pass (the reference does the same
-inside each batch of 250); random streams differ from PyTorch's. The
+APGD-T's target classes and APGD's restarts are each one pass over the points
+still robust after the previous pass (the reference does the same inside each
+batch of 250), while FAB-T and Square loop over their targets/restarts inside
+one jitted call; untargeted FAB (version 'plus') is not implemented yet and
+raises a clear error; random streams differ from PyTorch's. The
 reference's ``check_dynamic`` (Python tracing of backward hooks) has no
 meaning for a jitted pure function and is replaced by a batch-independence
 check (eval-mode BatchNorm).
@@ -40,6 +42,8 @@ import numpy as np
 import tqdm
 
 from jaxrobust.attacks._apgd import apgd_single_run, top_k_target
+from jaxrobust.attacks._fab import fab_targeted
+from jaxrobust.attacks._square import square
 from jaxrobust.attacks._losses import dlr_loss
 from jaxrobust.errors import CheckpointError, ConfigError
 from jaxrobust.parallel import check_batch_size, data_sharding, replicated
@@ -91,6 +95,9 @@ class AutoAttackSettings:
     else:
       raise ConfigError(f"unknown AutoAttack version {version!r}; use one of "
                         f"{sorted(VERSIONS) + ['custom']}")
+    if "fab" in attacks:
+      raise ConfigError("untargeted FAB ('fab', part of version 'plus') is not implemented "
+                        "yet; use version='custom' with the other attacks")
     bad = [a for a in attacks if a not in ATTACK_NAMES]
     if bad:
       raise ConfigError(f"unknown AutoAttack attack(s) {bad}; choose from {ATTACK_NAMES}")
@@ -109,11 +116,9 @@ def _sub_runs(name: str, s: AutoAttackSettings) -> int:
     return s.apgd_restarts
   if name == "apgd-t":
     return s.apgd_t_targets
-  if name == "fab":
-    return s.fab_restarts
-  if name == "fab-t":
-    return s.fab_t_targets
-  return s.square_restarts
+  if name in ("fab", "fab-t", "square"):
+    return 1  # restarts / target classes loop inside the attack
+  raise ConfigError(f"unknown attack {name!r}")
 
 
 def _attack_fn(name: str, s: AutoAttackSettings) -> Callable:
@@ -132,15 +137,20 @@ def _attack_fn(name: str, s: AutoAttackSettings) -> Callable:
       return apgd_single_run(logits_fn, key, x, y, eps=s.eps, norm=s.norm,
                              num_steps=s.apgd_steps, loss="dlr_targeted", y_target=target)[0]
     return fn
-  if name in ("fab", "fab-t"):
-    from jaxrobust.attacks import _fab  # pylint: disable=g-import-not-at-top
-    return _fab.autoattack_pass(name, s)
-  if name == "square":
-    from jaxrobust.attacks._square import square  # pylint: disable=g-import-not-at-top
-
+  if name == "fab-t":
     def fn(logits_fn, key, x, y, sub):
       del sub
-      return square(logits_fn, key, x, y, eps=s.eps, norm=s.norm, n_queries=s.square_queries)
+      return fab_targeted(logits_fn, key, x, y, eps=s.eps, norm=s.norm, num_steps=s.fab_steps,
+                          num_restarts=s.fab_restarts, n_target_classes=s.fab_t_targets)
+    return fn
+  if name == "fab":
+    raise ConfigError("untargeted FAB (used by version 'plus') is not implemented yet; use "
+                      "version='custom' with the other attacks of 'plus'")
+  if name == "square":
+    def fn(logits_fn, key, x, y, sub):
+      del sub
+      return square(logits_fn, key, x, y, eps=s.eps, norm=s.norm, n_queries=s.square_queries,
+                    num_restarts=s.square_restarts)
     return fn
   raise ConfigError(f"unknown attack {name!r}")
 
