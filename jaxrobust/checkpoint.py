@@ -13,6 +13,7 @@ checkpoints behind.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 from typing import Any
 
@@ -30,9 +31,17 @@ def _manager(path: str, keep: int) -> ocp.CheckpointManager:
 
 
 def _drop_frozen(state):
-  if getattr(state, "frozen", None) is not None:
-    return state.replace(frozen=None)
+  """A TrainState as a dict of its saved fields (everything but ``frozen``)."""
+  if dataclasses.is_dataclass(state) and hasattr(state, "frozen"):
+    return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
+            if f.name != "frozen"}
   return state
+
+
+def _rebuild(target, restored, frozen):
+  if dataclasses.is_dataclass(target) and hasattr(target, "frozen"):
+    return type(target)(**restored, frozen=frozen)
+  return restored
 
 
 def _abstract(tree):
@@ -109,10 +118,7 @@ class Checkpointer:
           f"checkpoint {where} could not be restored into this model ({type(e).__name__}: "
           f"{str(e)[:300]}); it is corrupt or from a different model/config: move it away "
           f"or use a fresh --workdir") from e
-    state = restored["state"]
-    if frozen is not None:
-      state = state.replace(frozen=frozen)
-    return state, meta
+    return _rebuild(target, restored["state"], frozen), meta
 
   def close(self) -> None:
     self._latest.close()
