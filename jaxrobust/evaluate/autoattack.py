@@ -163,7 +163,9 @@ def sanity_checks(logits_fn: Callable, x: jax.Array, y: jax.Array, s: AutoAttack
   * outputs that look like probabilities (pass logits);
   * outputs that depend on the rest of the batch (BatchNorm in train mode);
   * too few classes for DLR / APGD-T / FAB-T targets;
-  * points with zero gradient of the DLR loss (gradient masking).
+  * correctly classified points with zero gradient of the DLR loss (gradient
+    masking); the reference counts misclassified points too, for which DLR can
+    be constant, so this check is restricted to the points that get attacked.
   """
   msgs = []
   if s.version != "rand":
@@ -187,7 +189,10 @@ def sanity_checks(logits_fn: Callable, x: jax.Array, y: jax.Array, s: AutoAttack
     msgs.append(f"FAB-T uses {s.fab_t_targets} target classes but only {n_classes - 1} exist")
   if n_classes >= 3:
     g = jax.grad(lambda z: jnp.sum(dlr_loss(logits_fn(z), y)))(x)
-    zero = int(np.sum(np.abs(np.asarray(g)).reshape(len(x), -1).sum(-1) == 0))
+    # Only correctly classified points are attacked; for a misclassified point
+    # whose true class ranks third, DLR is constant (= 1) and its gradient 0.
+    correct = np.argmax(out, -1) == np.asarray(y)
+    zero = int(np.sum((np.abs(np.asarray(g)).reshape(len(x), -1).sum(-1) == 0) & correct))
     if zero:
       msgs.append(f"{zero} points have zero gradient: gradient-based attacks may be unreliable")
   for m in msgs:
