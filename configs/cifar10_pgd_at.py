@@ -15,7 +15,7 @@ one-cycle LR. Measured figures are in BENCHMARKS.md.
 
     python -m jaxrobust.train --config configs/cifar10_pgd_at.py:local --workdir runs/local
 """
-from jaxrobust.train.defaults import default_config, parse_arg
+from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -35,14 +35,5 @@ def get_config(arg=None):
     c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
                              random_start="uniform")
   if arg.smoke:  # a few steps, for tests.
-    c.model.name = "simple_cnn_tiny"
-    c.data.train_size = 256
-    c.data.val_size = 100
-    c.data.test_size = 100
-    c.train.batch_size = 32
-    c.train.num_steps = 4
-    c.train.log_every_steps = 2
-    c.eval.batch_size = 40
-    c.eval.val_attack.num_steps = 2
-    c.eval.test_attack.num_steps = 2
+    apply_smoke(c)
   return c

@@ -13,7 +13,7 @@ Evaluation: PGD-40 (0.01), eps 0.3. Reference: TRADES SmallCNN 99.48 clean,
 random init (eps 0.3, step 0.375; Wong et al. 2020's MNIST setting),
 2 epochs, one-cycle LR.
 """
-from jaxrobust.train.defaults import default_config, parse_arg
+from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -44,15 +44,6 @@ def get_config(arg=None):
     c.train.log_every_steps = 20
     c.eval.val_attack = dict(name="pgd", eps=0.3, step_size=0.05, num_steps=10,
                              random_start="uniform")
-  if arg.smoke:
-    c.model.name = "small_cnn_tiny"
-    c.data.train_size = 256
-    c.data.val_size = 100
-    c.data.test_size = 100
-    c.train.batch_size = 32
-    c.train.num_steps = 4
-    c.train.log_every_steps = 2
-    c.eval.batch_size = 40
-    c.eval.val_attack.num_steps = 2
-    c.eval.test_attack.num_steps = 2
+  if arg.smoke:  # a few steps, for tests.
+    apply_smoke(c, model="small_cnn_tiny")
   return c

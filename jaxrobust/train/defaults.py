@@ -39,10 +39,29 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.dtype = "float32"  # or 'bfloat16' (compute dtype).
 
   c.method = ml_collections.ConfigDict()
-  c.method.name = "pgd_at"
+  c.method.name = "pgd_at"  # see jaxrobust.methods.METHODS.
   c.method.attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
                          norm="linf", loss="ce", random_start="uniform")
+  # BN view of the attack: 'train' (official for pgd_at, AT-AWP, ARD, IAD) or 'eval'
+  # (official for TRADES, TRADES-AWP, MART, RSLAD: their configs set it).
   c.method.attack_bn = "train"
+  # Method settings below: a negative number or '' means the method's official
+  # default (jaxrobust.methods.OFFICIAL).
+  c.method.beta = -1.0  # TRADES/MART KL weight (6); IAD trust exponent (0.1).
+  c.method.alpha = -1.0  # ARD/IAD distillation weight (1); RSLAD adversarial weight (5/6).
+  c.method.temperature = -1.0  # ARD (30), IAD (1).
+  c.method.kl_reduction = ""  # 'batchmean' (TRADES) | 'mean' (ARD, RSLAD) | 'sum'.
+  c.method.bn_updates = "official"  # or 'once': one running-average update per batch.
+  c.method.awp_base = "pgd_at"  # AWP around 'pgd_at' or 'trades'.
+  c.method.awp_gamma = -1.0  # 0.01 (AT-AWP), 0.005 (TRADES-AWP); 0 disables AWP.
+  c.method.awp_warmup_epochs = -1.0  # epochs without AWP: 0 (AT-AWP), 9 (TRADES-AWP).
+  c.method.teacher_workdir = ""  # distillation: workdir of a jaxrobust.train run.
+  c.method.teacher_which = "best"  # 'best' or 'latest' checkpoint of the teacher.
+  c.method.teacher_dtype = ""  # teacher compute dtype: '' as trained, or 'bfloat16'.
+  c.method.teacher2_workdir = ""  # IAD-II: the naturally trained teacher ('' -> IAD-I).
+  c.method.iad_begin_epochs = -1.0  # introspection from this epoch: 60 (IAD-I), 40 (IAD-II).
+  c.method.iad_alpha1 = -1.0  # IAD-II weights: 0.5 ...
+  c.method.iad_alpha2 = -1.0  # ... and 0.25.
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -111,7 +130,13 @@ def validate_config(c) -> None:
     _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
   if c.data.val_size < 1 and c.eval.every_epochs > 0:
     _fail("config.data.val_size must be >= 1 when validation is on (eval.every_epochs > 0)")
-  method_from_config(c.method)
+  m = c.method
+  if m.teacher_which not in ("best", "latest"):
+    _fail(f"config.method.teacher_which={m.teacher_which!r}; use 'best' or 'latest'")
+  if m.teacher_dtype not in ("", "float32", "bfloat16", "float16"):
+    _fail(f"config.method.teacher_dtype={m.teacher_dtype!r}; use '', float32, bfloat16 "
+          f"or float16")
+  method_from_config(m)
   attack_from_config(c.eval.val_attack)
   attack_from_config(c.eval.test_attack)
 
@@ -135,3 +160,18 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
       kind = type(defaults[key])
       out[key] = (value.lower() in ("1", "true", "yes")) if kind is bool else kind(value)
   return out
+
+
+def apply_smoke(c, model: str = "simple_cnn_tiny") -> None:
+  """Shrinks config ``c`` in place to a few-step run on a data slice (tests).
+
+  256 training images, 100 validation and 100 test images, batch 32, 4 steps,
+  a tiny model, and at most 2 steps for every PGD attack in the config.
+  """
+  c.model.name = model
+  c.data.train_size, c.data.val_size, c.data.test_size = 256, 100, 100
+  c.train.batch_size, c.train.num_steps, c.train.log_every_steps = 32, 4, 2
+  c.eval.batch_size = 40
+  for attack in (c.method.attack, c.eval.val_attack, c.eval.test_attack):
+    if "num_steps" in attack:
+      attack.num_steps = min(attack.num_steps, 2)
