@@ -31,13 +31,13 @@ class AdversarialTraining:
   attack_bn: str = "train"
   name: str = "pgd_at"
 
-  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None):
-    del frozen
+  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    del frozen, step
     logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
     return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y)
 
-  def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None):
-    del x, frozen
+  def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    del x, frozen, step
     logits, new_bs = model.apply(params, batch_stats, x_adv, train=True,
                                  key=jax.random.fold_in(rng, 1))
     loss = cross_entropy(logits, y)

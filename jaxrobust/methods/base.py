@@ -3,19 +3,29 @@
 A method is the only place that knows which BatchNorm view each branch uses.
 The trainer calls, inside one jitted step::
 
-    aux = method.perturb(model, params, batch_stats, x, y, rng, frozen=...)    # no grad
+    aux = method.perturb(model, params, batch_stats, x, y, rng, frozen=..., step=...)  # no grad
     loss, (batch_stats, metrics) = grad(method.loss)(
-        params, batch_stats, model, x, y, aux, rng, frozen=...)                 # grad
+        params, batch_stats, model, x, y, aux, rng, frozen=..., step=...)              # grad
 
 ``model`` is a :class:`ModelFns` that evaluates the NNX graph functionally;
-``aux`` is whatever ``perturb`` returns (usually ``x_adv``); ``frozen`` is
-``TrainState.frozen`` (read-only inputs such as a teacher's weights, or None).
+``aux`` is whatever ``perturb`` returns (usually ``x_adv``; a pytree, e.g.
+``(x_adv, weight_perturbation)`` for AWP); ``frozen`` is ``TrainState.frozen``
+(read-only inputs such as a teacher's weights, or None); ``step`` is the int32
+optimiser step (``TrainState.step``; methods with epoch-dependent behaviour
+compare it with a step computed from ``steps_per_epoch``; None when a method is
+called outside the trainer, which means "schedule fully active").
 ``metrics`` are per-step sums (the trainer divides by the example count).
+
+BatchNorm running averages: attack passes never update them (see
+:mod:`jaxrobust.methods.adversarial`). A loss that runs several train-mode
+passes uses :func:`train_passes` and :func:`replay_bn_updates` to apply the
+official code's exact sequence of running-average updates (e.g. TRADES's
+clean, adversarial, clean) without re-running passes whose input repeats.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +59,88 @@ class ModelFns:
       raise ValueError(f"unknown BatchNorm mode {bn!r}; use 'eval' or 'train'")
     train = bn == "train"
     return lambda x: self.apply(params, batch_stats, x, train=train)[0]
+
+  def bn_momentum(self, params, batch_stats) -> float | None:
+    """The running-average momentum ``m`` of the model's BatchNorm layers.
+
+    ``new = m * old + (1 - m) * batch_statistic`` (0.9 for PyTorch's
+    ``momentum=0.1``). None when the model has no BatchNorm.
+
+    Raises:
+      ValueError: the layers use different momenta.
+    """
+    model = nnx.merge(self.graphdef, params, batch_stats, copy=True)
+    momenta = {float(m.momentum) for _, m in nnx.iter_graph(model)
+               if isinstance(m, nnx.BatchNorm)}
+    if len(momenta) > 1:
+      raise ValueError(f"BatchNorm layers use different momenta {sorted(momenta)}; "
+                       f"replaying running-average updates needs one")
+    return momenta.pop() if momenta else None
+
+
+def train_passes(model: ModelFns, params, batch_stats, inputs: Mapping[str, jax.Array],
+                 key) -> tuple[dict, dict]:
+  """Train-mode forward passes, each from the same ``batch_stats``.
+
+  In train mode the logits depend only on the weights and the batch (BatchNorm
+  normalises with batch statistics), not on the running averages, so passes
+  started from the same running averages give exactly the logits of passes
+  run one after another; :func:`replay_bn_updates` then composes the updates.
+
+  Args:
+    model: the student's :class:`ModelFns`.
+    params, batch_stats: its weights and running averages.
+    inputs: name -> float32 ``[B, H, W, C]`` batch (e.g. ``{'clean': x,
+      'adv': x_adv}``).
+    key: PRNG key; pass ``i`` (in ``inputs`` order) uses ``fold_in(key, i + 1)``
+      for dropout.
+
+  Returns:
+    ``(logits, stats)``: name -> float32 ``[B, K]`` logits, and name -> the
+    running averages after ONE update with that batch from ``batch_stats``.
+  """
+  logits, stats = {}, {}
+  for i, (name, x) in enumerate(inputs.items()):
+    logits[name], stats[name] = model.apply(params, batch_stats, x, train=True,
+                                            key=jax.random.fold_in(key, i + 1))
+  return logits, stats
+
+
+def replay_bn_updates(batch_stats, stats: Mapping[str, Any], sequence: Sequence[str],
+                      momentum: float | None):
+  """The running averages after train-mode passes on the batches ``sequence``, in order.
+
+  One pass on batch ``b`` maps ``r -> m r + (1 - m) mu_b`` where ``mu_b`` (the
+  batch mean / variance of every BatchNorm layer) does not depend on ``r``.
+  From ``stats[b] = m r0 + (1 - m) mu_b`` (one pass from ``r0 =
+  batch_stats``) the increment ``d_b = stats[b] - m r0`` is known, and any
+  sequence is ``r <- m r + d_b`` folded over it: exact (up to float32
+  rounding) without re-running a pass whose batch repeats.
+
+  Args:
+    batch_stats: running averages before the passes.
+    stats: name -> running averages after one pass from ``batch_stats``
+      (:func:`train_passes`).
+    sequence: names in the order the official code runs its train-mode
+      passes, e.g. ``('clean', 'adv', 'clean')`` for TRADES; may be empty
+      (no update).
+    momentum: :meth:`ModelFns.bn_momentum` (None: the model has no BatchNorm).
+
+  Returns:
+    The new running averages (structure of ``batch_stats``).
+  """
+  if not sequence or not jax.tree.leaves(batch_stats):
+    return batch_stats
+  if momentum is None:
+    raise ValueError("the model has running averages but no BatchNorm momentum")
+  out = stats[sequence[0]]
+  incr = {}
+  for name in sequence[1:]:
+    if name not in incr:
+      incr[name] = jax.tree.map(lambda new, old: new - momentum * old, stats[name],
+                                batch_stats)
+    out = jax.tree.map(lambda r, d: momentum * r + d, out, incr[name])
+  return out
 
 
 def accuracy_sum(logits, y):

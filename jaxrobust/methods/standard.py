@@ -13,12 +13,12 @@ class Standard:
   """Clean empirical risk minimisation."""
   name: str = "standard"
 
-  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None):
-    del model, params, batch_stats, y, rng, frozen
+  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    del model, params, batch_stats, y, rng, frozen, step
     return x
 
-  def loss(self, params, batch_stats, model, x, y, x_train, rng, frozen=None):
-    del x, frozen
+  def loss(self, params, batch_stats, model, x, y, x_train, rng, frozen=None, step=None):
+    del x, frozen, step
     logits, new_bs = model.apply(params, batch_stats, x_train, train=True,
                                  key=jax.random.fold_in(rng, 1))
     loss = cross_entropy(logits, y)

@@ -17,9 +17,9 @@ import tqdm
 from jaxrobust import parallel
 from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.data import TrainIterator
-from jaxrobust.errors import NonFiniteLossError
+from jaxrobust.errors import ConfigError, NonFiniteLossError
 from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy, make_eval_step
-from jaxrobust.methods import ModelFns, method_from_config
+from jaxrobust.methods import ModelFns, method_from_config, num_teachers
 from jaxrobust.train.builders import build_model, build_splits, model_fingerprint
 from jaxrobust.train.defaults import validate_config
 from jaxrobust.train.optim import make_optimizer
@@ -45,6 +45,53 @@ def _summarise(sums: dict) -> dict:
 
 def _params_for_eval(state):
   return state.ema_params if state.ema_params is not None else state.params
+
+
+def load_teachers(config, mesh) -> tuple[tuple, dict | None]:
+  """Distillation teachers named by ``config.method`` -> ``(teacher ModelFns, frozen)``.
+
+  ``frozen = {'params', 'batch_stats'}`` of ``teacher_workdir`` (its
+  ``teacher_which`` checkpoint, EMA weights if it kept them), plus
+  ``frozen['natural']`` for IAD-II's ``teacher2_workdir``; ``((), None)`` when
+  the method needs no teacher. ``teacher_dtype`` rebuilds the teacher's graph
+  with that compute dtype (weights unchanged).
+
+  Raises:
+    ConfigError: a missing teacher workdir or a teacher for other data.
+    CheckpointError: an unreadable teacher run.
+  """
+  n = num_teachers(config.method)
+  if not n:
+    return (), None
+  # Imported here: jaxrobust.evaluate imports jaxrobust.train.
+  from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
+  from flax import nnx  # pylint: disable=g-import-not-at-top
+  m = config.method
+  dirs = [("teacher_workdir", m.teacher_workdir), ("teacher2_workdir", m.teacher2_workdir)][:n]
+  fns, frozen = [], None
+  for key, workdir in dirs:
+    if not workdir:
+      raise ConfigError(f"method {m.name!r} needs a teacher: set --config.method.{key}=DIR, "
+                        f"the --workdir of a finished python -m jaxrobust.train run")
+    t = load_trained(workdir, m.teacher_which, mesh=mesh)
+    if t.config.data.name != config.data.name:
+      raise ConfigError(f"the teacher in {workdir} was trained on {t.config.data.name!r}, "
+                        f"this run uses {config.data.name!r}")
+    graphdef = t.model_fns.graphdef
+    if m.teacher_dtype and m.teacher_dtype != t.config.model.dtype:
+      tcfg = t.config.copy_and_resolve_references()
+      tcfg.model.dtype = m.teacher_dtype
+      shape = (28, 28, 1) if tcfg.data.name == "mnist" else (32, 32, 3)
+      abstract = nnx.eval_shape(lambda c=tcfg, s=shape: build_model(c, s))
+      graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
+    log.info("teacher %s: %s, step %d", workdir, t.config.model.name, t.step)
+    fns.append(ModelFns(graphdef))
+    weights = {"params": t.params, "batch_stats": t.batch_stats}
+    if frozen is None:
+      frozen = weights
+    else:
+      frozen["natural"] = weights
+  return tuple(fns), frozen
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -77,9 +124,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   image_shape = splits.train.image_shape
   model = build_model(config, image_shape)
   tx = make_optimizer(config.train, total_steps, steps_per_epoch)
-  graphdef, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0)
+  teachers, frozen = load_teachers(config, mesh)
+  graphdef, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0,
+                                       frozen=frozen)
   model_fns = ModelFns(graphdef)
-  method = method_from_config(config.method)
+  method = method_from_config(config.method, steps_per_epoch=steps_per_epoch,
+                              teachers=teachers, weight_decay=config.train.weight_decay)
   state = parallel.replicate(state, mesh)
 
   # Restore.

@@ -2,10 +2,12 @@
 
 ``train_step(state, batch) -> (state, metrics)`` is one pure function: the
 method's perturbation (no gradient), the loss and its gradient, the optax
-update and the EMA. The state is donated; the batch is sharded on the
-``data`` mesh axis and the state replicated, so the same function runs on one
-device or many. Metrics are per-step sums (divide by ``count``); nothing is
-transferred to the host inside the step.
+update and the EMA. Methods receive ``frozen=state.frozen`` and
+``step=state.step`` (see :mod:`jaxrobust.methods.base`). The state is
+donated; the batch is sharded on the ``data`` mesh axis and the state
+replicated, so the same function runs on one device or many. Metrics are
+per-step sums (divide by ``count``); nothing is transferred to the host
+inside the step.
 """
 from __future__ import annotations
 
@@ -30,10 +32,12 @@ def make_train_step(model: ModelFns, method, tx: optax.GradientTransformation,
     x = to_float(batch["image"])
     y = batch["label"].astype(jnp.int32)
     x_train = jax.lax.stop_gradient(
-        method.perturb(model, state.params, state.batch_stats, x, y, rng, frozen=state.frozen))
+        method.perturb(model, state.params, state.batch_stats, x, y, rng, frozen=state.frozen,
+                       step=state.step))
     grad_fn = jax.value_and_grad(method.loss, has_aux=True)
     (loss, (batch_stats, metrics)), grads = grad_fn(
-        state.params, state.batch_stats, model, x, y, x_train, rng, frozen=state.frozen)
+        state.params, state.batch_stats, model, x, y, x_train, rng, frozen=state.frozen,
+        step=state.step)
     updates, opt_state = tx.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema = state.ema_params

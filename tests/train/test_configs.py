@@ -2,8 +2,11 @@
 import json
 import pathlib
 
+import jax
+import numpy as np
 import pytest
 
+from jaxrobust.methods import num_teachers
 from jaxrobust.train import train_and_evaluate, validate_config
 
 from .helpers import REPO, load_config
@@ -17,11 +20,23 @@ def test_config_validates(name, arg):
   validate_config(load_config(name, arg))
 
 
+@pytest.fixture(scope="module")
+def teacher_workdir(tmp_path_factory, data_dir):
+  """A tiny teacher for the distillation configs: ``cifar10_pgd_at.py:smoke``, trained here."""
+  del data_dir
+  workdir = tmp_path_factory.mktemp("teacher")
+  train_and_evaluate(load_config("cifar10_pgd_at", "smoke"), str(workdir))
+  return str(workdir)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", CONFIGS)
-def test_smoke_variant_trains_on_real_data(name, tmp_path, data_dir):
+def test_smoke_variant_trains_on_real_data(name, tmp_path, data_dir, request):
   del data_dir
   config = load_config(name, "smoke")
+  n = num_teachers(config.method)
+  if n:
+    config.method.teacher_workdir = request.getfixturevalue("teacher_workdir")
   report = train_and_evaluate(config, str(tmp_path))
   assert report["last"]["step"] == config.train.num_steps
   assert 0.0 <= report["last"]["robust"] <= 1.0 and report["last"]["count"] == 100
@@ -30,3 +45,28 @@ def test_smoke_variant_trains_on_real_data(name, tmp_path, data_dir):
   lines = pathlib.Path(tmp_path, "logs", "metrics.jsonl").read_text().splitlines()
   assert any("val/robust" in ln for ln in lines) and any("train/loss" in ln for ln in lines)
   assert list(pathlib.Path(tmp_path, "logs").glob("events.out.tfevents.*"))
+
+
+@pytest.mark.slow
+def test_teachers_load_from_workdirs_with_an_optional_bf16_forward(teacher_workdir):
+  from jaxrobust import parallel  # pylint: disable=g-import-not-at-top
+  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.loop import load_teachers  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(1)
+  config = load_config("cifar10_iad", "smoke,iad2")
+  with pytest.raises(ConfigError, match="teacher_workdir"):
+    load_teachers(config, mesh)
+  config.method.teacher_workdir = teacher_workdir
+  config.method.teacher2_workdir = teacher_workdir
+  fns, frozen = load_teachers(config, mesh)
+  assert len(fns) == 2 and set(frozen) == {"params", "batch_stats", "natural"}
+  x = np.random.default_rng(0).random((4, 32, 32, 3)).astype(np.float32)
+  want = fns[0].apply(frozen["params"], frozen["batch_stats"], x, train=False)[0]
+  config.method.teacher_dtype = "bfloat16"
+  fns16, frozen16 = load_teachers(config, mesh)
+  got = fns16[0].apply(frozen16["params"], frozen16["batch_stats"], x, train=False)[0]
+  assert got.dtype == np.float32
+  np.testing.assert_allclose(got, want, rtol=0.1, atol=0.05)
+  assert not np.array_equal(np.asarray(got), np.asarray(want))  # really ran in bf16
+  for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(frozen16)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

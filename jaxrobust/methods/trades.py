@@ -1,0 +1,149 @@
+"""TRADES (Zhang et al. 2019): CE on clean inputs + beta * KL to the adversarial output.
+
+Per step, as ``yaodongyu/TRADES:trades.py`` (METHODS 2.2):
+
+* Inner max (``perturb``), **eval-mode BN** (``model.eval()``: running
+  averages used, not updated): L-inf: start ``x +
+  0.001 N(0, 1)``, ``num_steps`` signed-gradient steps of ``step_size`` on the
+  summed ``KL(p(x) || p(x'))`` (``p(x)`` from the same eval view, a
+  constant), projection onto the eps-ball then [0, 1]. Configured as
+  ``attack=dict(name='pgd', loss='kl', random_start='normal', eps=0.031,
+  step_size=0.007, num_steps=10)``, run by :func:`jaxrobust.attacks.pgd`.
+  L2: ``attack=dict(name='trades_l2', eps, step_size, num_steps)`` runs
+  :func:`trades_l2_inner_max`, the official SGD-on-delta routine.
+* Outer (``loss``): :func:`jaxrobust.losses.trades_loss` on train-mode
+  logits, ``CE(f(x), y) + beta * KL_batchmean(p(x) || p(x'))`` with the
+  clean distribution NOT detached, beta = 6.
+* BatchNorm running averages (``bn_updates='official'``): the official code
+  runs three train-mode passes, ``model(x)`` (CE), ``model(x_adv)`` and
+  ``model(x)`` again (KL target), so the averages are updated with the clean,
+  the adversarial, then again the clean batch statistics. We run two passes
+  (the two clean passes give identical logits in train mode) and replay the
+  third update exactly (:func:`jaxrobust.methods.base.replay_bn_updates`).
+  ``bn_sequence`` holds the order; TRADES-AWP's script uses ``('adv',
+  'clean', 'clean')``. ``bn_updates='once'``: one update per batch (clean,
+  adversarial).
+
+Deliberate differences from the official code (documented, all tiny):
+
+* The L-inf start ``x + 0.001 N(0,1)`` is clipped to [0, 1] before the first
+  gradient (``jaxrobust.attacks.pgd``); the official code evaluates the first
+  gradient at the unclipped start and clips after the first step.
+* Models with dropout: the official two clean passes draw independent
+  dropout masks (CE and KL target differ); we use one pass for both.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from jaxrobust.attacks import default_unroll
+from jaxrobust.losses import REDUCTIONS, kl_divergence, trades_loss
+from jaxrobust.methods.base import accuracy_sum, replay_bn_updates, train_passes
+
+BN_UPDATES = ("official", "once")
+
+
+def _l2(v):
+  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
+
+
+def trades_l2_inner_max(logits_fn: Callable, rng: jax.Array, x: jax.Array,
+                        y: jax.Array | None = None, *, eps: float, step_size: float,
+                        num_steps: int, ref_logits: jax.Array | None = None,
+                        unroll: int | None = None) -> jax.Array:
+  """TRADES's L2 inner maximisation (``distance='l_2'`` in ``trades.py``).
+
+  ``delta0 = 0.001 N(0, 1)``; each step: ``g = grad_delta sum_i KL(p(x_i) ||
+  p(x_i + delta_i))``, ``g_i <- g_i / ||g_i||_2`` (an un-normalised N(0, 1)
+  draw where ``||g_i|| = 0``, as the official code), ``delta <- delta +
+  step_size * g`` (SGD on ``-KL``; official ``lr = 2 eps / num_steps``), then
+  ``delta <- clip(x + delta, 0, 1) - x`` and ``delta_i <- delta_i * eps /
+  (||delta_i|| + 1e-7)`` where ``||delta_i|| > eps`` (``torch.renorm_``).
+  Result ``clip(x + delta, 0, 1)``. Unlike :func:`jaxrobust.attacks.pgd`
+  (norm ``'l2'``) the clip comes before the renorm and the start is not
+  projected.
+
+  Args:
+    logits_fn: pure ``x -> logits`` (the eval view for TRADES).
+    rng: PRNG key (start, zero-gradient replacements).
+    x: float32 ``[B, H, W, C]`` in [0, 1].
+    y: ignored (KL objective).
+    eps: L2 radius (pixel units).
+    step_size: SGD learning rate on delta.
+    num_steps: >= 1.
+    ref_logits: the KL reference; default ``logits_fn(x)`` (constant).
+    unroll: loop unroll (None: :func:`jaxrobust.attacks.default_unroll`).
+
+  Returns:
+    float32 ``x_adv``, ``stop_gradient``-ed.
+  """
+  del y
+  x = jax.lax.stop_gradient(x.astype(jnp.float32))
+  ref = jax.lax.stop_gradient(logits_fn(x) if ref_logits is None else ref_logits)
+  k0, kloop = jax.random.split(rng)
+  delta = 0.001 * jax.random.normal(k0, x.shape, x.dtype)
+  grad_fn = jax.grad(lambda d: kl_divergence(ref, logits_fn(x + d), reduction="sum"))
+
+  def step(i, delta):
+    g = grad_fn(delta)
+    n = _l2(g)
+    noise = jax.random.normal(jax.random.fold_in(kloop, i), x.shape, x.dtype)
+    g = jnp.where(n == 0, noise, g / jnp.where(n == 0, 1.0, n))
+    delta = delta + step_size * g
+    delta = jnp.clip(x + delta, 0.0, 1.0) - x
+    dn = _l2(delta)
+    return jnp.where(dn > eps, delta * (eps / (dn + 1e-7)), delta)
+
+  unroll = default_unroll(num_steps) if unroll is None else unroll
+  delta = jax.lax.fori_loop(0, num_steps, step, delta, unroll=unroll)
+  return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
+
+
+@dataclasses.dataclass(frozen=True)
+class TRADES:
+  """TRADES adversarial training; see the module docstring.
+
+  Attributes:
+    attack: ``attack(logits_fn, rng, x, y) -> x_adv`` (the inner max).
+    beta: weight of the KL term (6).
+    attack_bn: BatchNorm view of the inner max (``'eval'`` officially).
+    kl_reduction: outer KL reduction (``'batchmean'`` officially).
+    bn_updates: ``'official'`` (replay ``bn_sequence``) or ``'once'``.
+    bn_sequence: order of the official train-mode passes.
+    detach_clean: stop the gradient through the KL's clean target (variant).
+  """
+  attack: Callable
+  beta: float = 6.0
+  attack_bn: str = "eval"
+  kl_reduction: str = "batchmean"
+  bn_updates: str = "official"
+  bn_sequence: tuple = ("clean", "adv", "clean")
+  detach_clean: bool = False
+  name: str = "trades"
+
+  def __post_init__(self):
+    if self.bn_updates not in BN_UPDATES:
+      raise ValueError(f"bn_updates must be one of {BN_UPDATES}, got {self.bn_updates!r}")
+    if self.kl_reduction not in REDUCTIONS[:3]:
+      raise ValueError(f"kl_reduction must be one of {REDUCTIONS[:3]}")
+
+  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    del frozen, step
+    logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
+    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y)
+
+  def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    del frozen, step
+    logits, stats = train_passes(model, params, batch_stats, {"clean": x, "adv": x_adv}, rng)
+    loss = trades_loss(logits["clean"], logits["adv"], y, beta=self.beta,
+                       reduction=self.kl_reduction, detach_clean=self.detach_clean)
+    seq = self.bn_sequence if self.bn_updates == "official" else ("clean", "adv")
+    new_bs = replay_bn_updates(batch_stats, stats, seq,
+                               model.bn_momentum(params, batch_stats))
+    n = y.shape[0]
+    return loss, (new_bs, {"loss": loss * n, "accuracy": accuracy_sum(logits["clean"], y),
+                           "adv_accuracy": accuracy_sum(logits["adv"], y)})
