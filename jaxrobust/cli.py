@@ -54,7 +54,19 @@ def run_main(main, argv=None) -> None:
       print(f"error: {bad_override_message(argv_, e)}", file=sys.stderr)
       sys.exit(2)
 
-  app.run(wrapped, argv=argv, flags_parser=parse)
+  app.run(wrapped, argv=normalize_flag_names(sys.argv if argv is None else argv),
+          flags_parser=parse)
+
+
+def normalize_flag_names(argv):
+  """Accepts ``--n-examples`` for ``--n_examples`` (not inside ``--config.*``)."""
+  out = list(argv[:1])
+  for arg in argv[1:]:
+    if arg.startswith("--") and not arg.startswith("--config"):
+      name, eq, value = arg[2:].partition("=")
+      arg = "--" + name.replace("-", "_") + eq + value
+    out.append(arg)
+  return out
 
 
 def bad_override_message(argv, exc) -> str:

@@ -56,3 +56,17 @@ def test_cli_missing_workdir(tmp_path):
                        timeout=300)
   assert out.returncode == 2 and "config.json not found" in out.stderr
   assert "Traceback" not in out.stderr
+
+
+def test_dashed_flag_names_are_accepted():
+  from jaxrobust.cli import normalize_flag_names
+  argv = ["prog", "--n-examples", "10", "--aa-state=/tmp/x", "--config.train.num_epochs=2"]
+  assert normalize_flag_names(argv) == ["prog", "--n_examples", "10", "--aa_state=/tmp/x",
+                                        "--config.train.num_epochs=2"]
+
+
+def test_curve_plot_is_written(tmp_path):
+  from jaxrobust.evaluate.report import plot_curve
+  png = tmp_path / "curve.png"
+  plot_curve({"0": {"pgd20": 0.6}, "8": {"pgd20": 0.3, "aa-standard": 0.25}}, str(png), "linf")
+  assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
