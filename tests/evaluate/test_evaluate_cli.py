@@ -34,12 +34,12 @@ def test_cli_reports_every_attack(tmp_path, data_dir):
   train_and_evaluate(load_config("cifar10_pgd_at", "smoke"), str(workdir))
   out = subprocess.run(
       [sys.executable, "-m", "jaxrobust.evaluate", "--workdir", str(workdir),
-       "--n_examples", "80", "--batch_size", "40"],
+       "--n_examples", "40", "--batch_size", "40"],
       cwd=REPO, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   report = json.loads((workdir / "eval_best.json").read_text())
   acc = report["accuracy"]
-  assert set(acc) == set(DEFAULT_SUITE) and report["n_examples"] == 80
+  assert set(acc) == set(DEFAULT_SUITE) and report["n_examples"] == 40
   for name in DEFAULT_SUITE:
     assert name in out.stdout
     assert 0.0 <= acc[name] <= acc["clean"] + 1e-9  # attacks never help

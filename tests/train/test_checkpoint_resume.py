@@ -77,14 +77,14 @@ def test_corrupt_checkpoint_is_a_clear_error_and_kept(tmp_path):
 def _train_cmd(workdir, extra=()):
   return [sys.executable, "-m", "jaxrobust.train", "--config",
           str(REPO / "configs" / "cifar10_pgd_at.py") + ":smoke", "--workdir", str(workdir),
-          "--config.train.num_steps=24", "--config.train.checkpoint_every_steps=2",
+          "--config.train.num_steps=12", "--config.train.checkpoint_every_steps=2",
           "--config.train.keep_checkpoints=30", *extra]
 
 
 def _final_params(workdir):
   state = _state(ema=False)
   ck = Checkpointer(str(workdir / "checkpoints"), keep=30)
-  restored, meta = ck.restore(state, step=24)
+  restored, meta = ck.restore(state, step=12)
   return restored, meta
 
 
@@ -106,7 +106,7 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   steps = sorted(int(p.name) for p in latest.iterdir() if p.name.isdigit())
-  assert steps and steps[-1] < 24 and not (killed / "report.json").exists()
+  assert steps and steps[-1] < 12 and not (killed / "report.json").exists()
 
   subprocess.run(_train_cmd(killed), check=True, env=env, cwd=REPO, capture_output=True)
   a, meta_a = _final_params(full)
@@ -115,4 +115,4 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   report = json.loads((killed / "report.json").read_text())
-  assert report["last"]["step"] == 24
+  assert report["last"]["step"] == 12
