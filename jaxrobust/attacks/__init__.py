@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from jaxrobust.attacks._fab import fab_projection, fab_targeted
+from jaxrobust.attacks._fab import fab, fab_projection, fab_targeted
 from jaxrobust.attacks._losses import (LOSSES, ce_loss, cw_loss, dlr_loss,
                                        dlr_targeted_loss, kl_loss, margin_loss)
 from jaxrobust.attacks._apgd import (apgd, apgd_single_run, apgd_targeted, oscillation_flags,
@@ -21,7 +21,7 @@ from jaxrobust.attacks._square import square
 from jaxrobust.errors import ConfigError
 
 ATTACKS = {"pgd": pgd, "fgsm": fgsm, "apgd": apgd, "apgd_t": apgd_targeted,
-           "fab_t": fab_targeted, "square": square}
+           "fab": fab, "fab_t": fab_targeted, "square": square}
 
 _KEYS = {"pgd": {"eps", "step_size", "num_steps", "norm", "loss", "random_start", "targeted",
                  "num_restarts", "early_stop", "kappa", "unroll"},
@@ -29,6 +29,7 @@ _KEYS = {"pgd": {"eps", "step_size", "num_steps", "norm", "loss", "random_start"
          "apgd": {"eps", "norm", "num_steps", "loss", "num_restarts", "rho", "unroll"},
          "apgd_t": {"eps", "norm", "num_steps", "n_target_classes", "num_restarts", "rho",
                     "unroll"},
+         "fab": {"eps", "norm", "num_steps", "num_restarts", "alpha_max", "eta", "beta"},
          "fab_t": {"eps", "norm", "num_steps", "num_restarts", "n_target_classes", "alpha_max",
                    "eta", "beta"},
          "square": {"eps", "norm", "n_queries", "p_init", "num_restarts"}}
@@ -82,6 +83,6 @@ def attack_from_config(cfg) -> Callable:
 __all__ = ["apgd", "apgd_single_run", "apgd_targeted", "checkpoint_schedule", "top_k_target",
            "ATTACKS", "CPU_UNROLL", "LOSSES", "NORMS", "RANDOM_STARTS", "ascent_direction",
            "attack_from_config", "ce_loss", "cw_loss", "default_unroll", "dlr_loss",
-           "dlr_targeted_loss", "fab_projection", "fab_targeted", "fgsm", "kl_loss",
+           "dlr_targeted_loss", "fab", "fab_projection", "fab_targeted", "fgsm", "kl_loss",
            "l2_project", "linf_project",
            "margin_loss", "pgd", "project", "random_init", "square"]

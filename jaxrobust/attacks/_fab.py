@@ -1,15 +1,17 @@
-"""FAB-T: the targeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020).
+"""FAB: the Fast Adaptive Boundary attack (Croce & Hein, ICML 2020), targeted and untargeted.
 
 A JAX re-implementation of the reference semantics of ``fra31/auto-attack``
 (``autoattack/fab_base.py``, ``fab_pt.py``, ``fab_projections.py``): the attack
 that AutoAttack "standard" runs as ``'fab-t'`` (1 restart, 100 iterations,
-9 target classes, ``alpha_max=0.1``, ``eta=1.05``, ``beta=0.9``).
+9 target classes, ``alpha_max=0.1``, ``eta=1.05``, ``beta=0.9``), and the
+untargeted :func:`fab` that version "plus" runs as ``'fab'`` (5 restarts).
 
 One FAB iteration at the current iterate ``x1`` (clean point ``x0``):
 
 1. linearise the targeted margin ``f_t - f_y`` at ``x1``: it is zero on the
    hyperplane ``{z : <w, z> = b}`` with ``w = grad(f_t - f_y)(x1)`` and
-   ``b = <w, x1> - (f_t - f_y)(x1)``;
+   ``b = <w, x1> - (f_t - f_y)(x1)`` (untargeted: the margin ``f_j - f_y``,
+   ``j != y``, whose linearised boundary is closest to ``x1``);
 2. project both ``x1`` and ``x0`` onto that hyperplane intersected with the box
    ``[0, 1]^d`` in the chosen norm (:func:`fab_projection`), giving ``d1``
    and ``d2``;
@@ -246,6 +248,85 @@ def _fab_update(x1, x0, w, b, norm, eta, alpha_max):
   return jnp.clip((x1 + eta * d1) * (1 - alpha) + (x0 + eta * d2) * alpha, 0.0, 1.0)
 
 
+def _check_settings(norm, eps, num_steps, num_restarts, alpha_max, eta, beta):
+  """Argument checks shared by :func:`fab` and :func:`fab_targeted` (ValueError)."""
+  if norm not in FAB_NORMS:
+    raise ValueError(f"unknown norm {norm!r}; use one of {FAB_NORMS}")
+  try:
+    concrete_eps = np.asarray(eps, np.float64)
+  except jax.errors.TracerArrayConversionError:
+    concrete_eps = None
+  if concrete_eps is not None and not np.all(concrete_eps > 0):
+    raise ValueError(f"eps must be > 0, got {eps}")
+  if num_steps < 1 or num_restarts < 1:
+    raise ValueError(f"num_steps ({num_steps}) and num_restarts ({num_restarts}) must be >= 1")
+  if not (0 <= alpha_max <= 1 and eta > 0 and 0 <= beta <= 1):
+    raise ValueError(f"need 0 <= alpha_max <= 1, eta > 0, 0 <= beta <= 1; got alpha_max="
+                     f"{alpha_max}, eta={eta}, beta={beta}")
+
+
+def _prepare(x, y, eps):
+  """float32 ``x``, int32 ``y``, flat rows ``x0`` ``[B, D]`` and per-row float32 ``eps``."""
+  x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
+  y = jnp.asarray(y, jnp.int32)
+  batch = x.shape[0]
+  if jnp.ndim(eps) > 1 or jnp.size(eps) not in (1, batch):
+    raise ValueError(f"eps must be a scalar or have shape [{batch}], got shape "
+                     f"{jnp.shape(eps)}")
+  eps = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1,)), (batch,))
+  return x, y, x.reshape(batch, -1), eps
+
+
+def _fab_single_run(hyperplane, misclassified, x0, eps, key, random_start, *, norm, num_steps,
+                    use_random_start, eta, alpha_max, beta):
+  """``num_steps`` FAB iterations from ``x0`` (or a random start); the best adversarial.
+
+  ``hyperplane(x1) -> (w, df)``: the normal ``[B, D]`` and value ``[B]`` of the
+  linearised margin at ``x1`` (its zero set is ``<w, z> = <w, x1> - df``).
+  Returns the misclassified iterate of smallest distance to ``x0``, else ``x0``.
+  """
+  x1 = x0
+  if use_random_start:
+    x1 = jnp.where(random_start, _random_start(key, x0, eps, norm), x0)
+
+  def step(_, carry):
+    x1, best, best_dist = carry
+    w, df = hyperplane(x1)
+    b = jnp.sum(w * x1, axis=1) - df
+    x1 = _fab_update(x1, x0, w, b, norm, eta, alpha_max)
+    adv = misclassified(x1)
+    dist = _row_norm(x1 - x0, norm)
+    better = adv & (dist < best_dist)
+    best = jnp.where(better[:, None], x1, best)
+    best_dist = jnp.where(better, dist, best_dist)
+    x1 = jnp.where(adv[:, None], x0 + (x1 - x0) * beta, x1)
+    return x1, best, best_dist
+
+  init = (x1, x0, jnp.full((x0.shape[0],), jnp.inf, jnp.float32))
+  _, best, _ = jax.lax.fori_loop(0, num_steps, step, init)
+  return best          # x0 where nothing was found
+
+
+def _fab_runs(candidate, misclassified, x0, eps, correct, norm, n_runs):
+  """Runs ``candidate(i)`` for ``i < n_runs`` on the still-robust rows; the first success each.
+
+  A run is skipped (``lax.cond``) once no row is left; a row succeeds when its
+  candidate is misclassified and within ``eps`` of ``x0``.
+  """
+  def run(i, carry):
+    def attack(carry):
+      x_adv, robust = carry
+      cand = candidate(i)
+      success = misclassified(cand) & (_row_norm(cand - x0, norm) <= eps)
+      take = robust & success
+      return jnp.where(take[:, None], cand, x_adv), robust & ~success
+
+    return jax.lax.cond(jnp.any(carry[1]), attack, lambda c: c, carry)
+
+  x_adv, _ = jax.lax.fori_loop(0, n_runs, run, (x0, correct))
+  return x_adv
+
+
 def fab_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
                  eps, norm: str = "linf", num_steps: int = 100, num_restarts: int = 1,
                  n_target_classes: int = 9, alpha_max: float = 0.1, eta: float = 1.05,
@@ -322,28 +403,10 @@ def fab_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array
     ValueError: invalid norm, eps (value or shape), step/restart/target
       count, alpha_max, eta or beta, or fewer than 2 classes.
   """
-  if norm not in FAB_NORMS:
-    raise ValueError(f"unknown norm {norm!r}; use one of {FAB_NORMS}")
-  try:
-    concrete_eps = np.asarray(eps, np.float64)
-  except jax.errors.TracerArrayConversionError:
-    concrete_eps = None
-  if concrete_eps is not None and not np.all(concrete_eps > 0):
-    raise ValueError(f"eps must be > 0, got {eps}")
-  if num_steps < 1 or num_restarts < 1 or n_target_classes < 1:
-    raise ValueError(f"num_steps ({num_steps}), num_restarts ({num_restarts}) and "
-                     f"n_target_classes ({n_target_classes}) must be >= 1")
-  if not (0 <= alpha_max <= 1 and eta > 0 and 0 <= beta <= 1):
-    raise ValueError(f"need 0 <= alpha_max <= 1, eta > 0, 0 <= beta <= 1; got alpha_max="
-                     f"{alpha_max}, eta={eta}, beta={beta}")
-  x = jax.lax.stop_gradient(jnp.asarray(x, jnp.float32))
-  y = jnp.asarray(y, jnp.int32)
-  batch = x.shape[0]
-  x0 = x.reshape(batch, -1)
-  if jnp.ndim(eps) > 1 or jnp.size(eps) not in (1, batch):
-    raise ValueError(f"eps must be a scalar or have shape [{batch}], got shape "
-                     f"{jnp.shape(eps)}")
-  eps = jnp.broadcast_to(jnp.reshape(jnp.asarray(eps, jnp.float32), (-1,)), (batch,))
+  _check_settings(norm, eps, num_steps, num_restarts, alpha_max, eta, beta)
+  if n_target_classes < 1:
+    raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
+  x, y, x0, eps = _prepare(x, y, eps)
 
   def logits_of(z):
     return logits_fn(z.reshape(x.shape)).astype(jnp.float32)
@@ -366,41 +429,120 @@ def fab_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array
   def misclassified(z):
     return jnp.argmax(logits_of(z), axis=-1) != y
 
-  def single_run(key, target, random_start):
-    x1 = x0
-    if num_restarts > 1:
-      x1 = jnp.where(random_start, _random_start(key, x0, eps, norm), x0)
-
-    def step(_, carry):
-      x1, best, best_dist = carry
-      w, df = margin_grad(x1, target)
-      b = jnp.sum(w * x1, axis=1) - df
-      x1 = _fab_update(x1, x0, w, b, norm, eta, alpha_max)
-      adv = misclassified(x1)
-      dist = _row_norm(x1 - x0, norm)
-      better = adv & (dist < best_dist)
-      best = jnp.where(better[:, None], x1, best)
-      best_dist = jnp.where(better, dist, best_dist)
-      x1 = jnp.where(adv[:, None], x0 + (x1 - x0) * beta, x1)
-      return x1, best, best_dist
-
-    init = (x1, x0, jnp.full((batch,), jnp.inf, jnp.float32))
-    _, best, _ = jax.lax.fori_loop(0, num_steps, step, init)
-    return best          # x0 where nothing was found
-
-  def run(i, carry):
-    x_adv, robust = carry
+  def candidate(i):
     target = jax.lax.dynamic_index_in_dim(ranked, 1 + i // num_restarts, axis=1,
                                           keepdims=False)
+    return _fab_single_run(lambda z: margin_grad(z, target), misclassified, x0, eps,
+                           jax.random.fold_in(rng, i), i % num_restarts > 0, norm=norm,
+                           num_steps=num_steps, use_random_start=num_restarts > 1, eta=eta,
+                           alpha_max=alpha_max, beta=beta)
 
-    def attack(carry):
-      x_adv, robust = carry
-      cand = single_run(jax.random.fold_in(rng, i), target, i % num_restarts > 0)
-      success = misclassified(cand) & (_row_norm(cand - x0, norm) <= eps)
-      take = robust & success
-      return jnp.where(take[:, None], cand, x_adv), robust & ~success
+  x_adv = _fab_runs(candidate, misclassified, x0, eps, correct, norm,
+                    n_targets * num_restarts)
+  return jax.lax.stop_gradient(x_adv.reshape(x.shape))
 
-    return jax.lax.cond(jnp.any(robust), attack, lambda c: c, carry)
 
-  x_adv, _ = jax.lax.fori_loop(0, n_targets * num_restarts, run, (x0, correct))
+def _dual_norm_last(g, norm: str):
+  """Dual norm over the last axis: L1 for L-inf, L2 for L2, L-inf for L1."""
+  if norm == "linf":
+    return jnp.sum(jnp.abs(g), axis=-1)
+  if norm == "l2":
+    return jnp.sqrt(jnp.sum(g * g, axis=-1))
+  return jnp.max(jnp.abs(g), axis=-1)
+
+
+def fab(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
+        norm: str = "linf", num_steps: int = 100, num_restarts: int = 5,
+        alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> jax.Array:
+  """FAB, untargeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020).
+
+  Reference: ``fra31/auto-attack``, ``FABAttack.perturb`` with
+  ``targeted=False`` (``autoattack/fab_base.py``, ``fab_pt.py``
+  ``get_diff_logits_grads_batch``); the defaults are AutoAttack "plus"'s FAB
+  (5 restarts, 100 iterations).
+
+  Each iteration linearises every margin ``f_j - f_y`` (``j != y``) at the
+  current iterate ``x1`` (one vector-Jacobian product per class) and picks the
+  hyperplane ``j`` closest to ``x1``: smallest ``|f_j - f_y| / ||grad(f_j -
+  f_y)||_dual`` (dual norm: L1 for L-inf, L2 for L2, L-inf for L1); the
+  projection, extrapolation and backward step are then those of
+  :func:`fab_targeted` (see the module docstring). Each restart attacks the
+  examples that are still robust: the first starts at ``x``, later ones at
+  ``clip(x + eps/2 * u)``, ``u`` a random unit vector of the norm. A run keeps
+  the misclassified iterate of smallest distance to ``x`` and succeeds when
+  that distance is ``<= eps``; a successful example is not attacked again.
+
+  Deliberate differences from the reference (besides those listed in
+  :func:`fab_targeted`: fixed shapes, dtype-safe constants, float32, the L1
+  binary search, ``jax.random.fold_in(rng, restart)`` randomness):
+    * The true class is excluded from the closest-hyperplane choice with a
+      ``+inf`` distance (the reference sets its logit difference to 1e10), and
+      the guard of the distance's denominator is ``max(1e-12, finfo.tiny)``
+      of the gradient dtype instead of a bare 1e-12 (which is 0 in float16).
+    * The class gradients come from ``jax.vmap`` of one ``jax.vjp`` over the
+      ``K`` one-hot cotangents (the reference loops ``K`` backward passes);
+      ties in the closest distance go to the lowest class index.
+
+  Args:
+    logits_fn: pure ``x -> logits`` (``[B, K]``; cast to float32).
+    rng: PRNG key for the random restarts.
+    x: float32 ``[B, H, W, C]`` (any ``[B, ...]``) in [0, 1].
+    y: int ``[B]`` true labels. Examples with ``argmax logits_fn(x) != y``
+      are returned unchanged.
+    eps: budget in pixel units (e.g. 8/255 L-inf, 0.5 L2), > 0: a number,
+      or an array of shape ``[]`` or ``[B]``; it may be traced. It is the
+      success threshold and the radius of the random restarts; the attack
+      itself minimises the norm.
+    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
+    num_steps: FAB iterations per run (``n_iter``), >= 1.
+    num_restarts: runs (``n_restarts``), >= 1.
+    alpha_max: largest weight of the clean-point projection, in [0, 1].
+    eta: overshoot factor of the projection step, > 0.
+    beta: backward step towards ``x`` after a success, in [0, 1].
+
+  Returns:
+    float32 ``x_adv`` like ``x``: per example the smallest-norm adversarial
+    point found by the first successful run, with ``||x_adv - x|| <= eps``
+    in ``[0, 1]``, else ``x``. No gradient flows through it.
+
+  Raises:
+    ValueError: invalid norm, eps (value or shape), step/restart count,
+      alpha_max, eta or beta, or fewer than 2 classes.
+  """
+  _check_settings(norm, eps, num_steps, num_restarts, alpha_max, eta, beta)
+  x, y, x0, eps = _prepare(x, y, eps)
+
+  def logits_of(z):
+    return logits_fn(z.reshape(x.shape)).astype(jnp.float32)
+
+  clean_logits = jax.lax.stop_gradient(logits_of(x0))
+  num_classes = clean_logits.shape[-1]
+  if num_classes < 2:
+    raise ValueError(f"FAB needs >= 2 classes, got {num_classes}")
+  correct = jnp.argmax(clean_logits, axis=-1) == y
+  is_true = jax.nn.one_hot(y, num_classes, dtype=jnp.bool_)          # [B, K]
+  cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=jnp.float32)[:, None, :],
+                                (num_classes,) + clean_logits.shape)  # [K, B, K]
+
+  def closest_hyperplane(z):
+    logits, vjp = jax.vjp(logits_of, z)
+    grads = jnp.moveaxis(jax.vmap(lambda ct: vjp(ct)[0])(cotangents), 0, 1)   # [B, K, D]
+    df = logits - _gather(logits, y)[:, None]                                   # f_j - f_y
+    dg = grads - jnp.take_along_axis(grads, y[:, None, None], axis=1)
+    guard = max(1e-12, float(jnp.finfo(dg.dtype).tiny))
+    dist = jnp.abs(df) / (guard + _dual_norm_last(dg, norm))
+    ind = jnp.argmin(jnp.where(is_true, jnp.inf, dist), axis=1)
+    w = jnp.take_along_axis(dg, ind[:, None, None], axis=1)[:, 0]
+    return w, _gather(df, ind)
+
+  def misclassified(z):
+    return jnp.argmax(logits_of(z), axis=-1) != y
+
+  def candidate(i):
+    return _fab_single_run(closest_hyperplane, misclassified, x0, eps,
+                           jax.random.fold_in(rng, i), i > 0, norm=norm, num_steps=num_steps,
+                           use_random_start=num_restarts > 1, eta=eta, alpha_max=alpha_max,
+                           beta=beta)
+
+  x_adv = _fab_runs(candidate, misclassified, x0, eps, correct, norm, num_restarts)
   return jax.lax.stop_gradient(x_adv.reshape(x.shape))

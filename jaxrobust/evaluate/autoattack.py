@@ -21,8 +21,8 @@ attacked in fixed-size, device-sharded batches (padding rows are ignored);
 APGD-T's target classes and APGD's restarts are each one pass over the points
 still robust after the previous pass (the reference does the same inside each
 batch of 250), while FAB-T and Square loop over their targets/restarts inside
-one jitted call; untargeted FAB (version 'plus') is not implemented yet and
-raises a clear error; random streams differ from PyTorch's. The
+one jitted call, and so does untargeted FAB (version 'plus': its restarts);
+random streams differ from PyTorch's. The
 reference's ``check_dynamic`` (Python tracing of backward hooks) has no
 meaning for a jitted pure function and is replaced by a batch-independence
 check (eval-mode BatchNorm).
@@ -42,7 +42,7 @@ import numpy as np
 import tqdm
 
 from jaxrobust.attacks._apgd import apgd_single_run, top_k_target
-from jaxrobust.attacks._fab import fab_targeted
+from jaxrobust.attacks._fab import fab, fab_targeted
 from jaxrobust.attacks._square import square
 from jaxrobust.attacks._losses import dlr_loss
 from jaxrobust.errors import CheckpointError, ConfigError
@@ -95,9 +95,6 @@ class AutoAttackSettings:
     else:
       raise ConfigError(f"unknown AutoAttack version {version!r}; use one of "
                         f"{sorted(VERSIONS) + ['custom']}")
-    if "fab" in attacks:
-      raise ConfigError("untargeted FAB ('fab', part of version 'plus') is not implemented "
-                        "yet; use version='custom' with the other attacks")
     bad = [a for a in attacks if a not in ATTACK_NAMES]
     if bad:
       raise ConfigError(f"unknown AutoAttack attack(s) {bad}; choose from {ATTACK_NAMES}")
@@ -144,8 +141,11 @@ def _attack_fn(name: str, s: AutoAttackSettings) -> Callable:
                           num_restarts=s.fab_restarts, n_target_classes=s.fab_t_targets)
     return fn
   if name == "fab":
-    raise ConfigError("untargeted FAB (used by version 'plus') is not implemented yet; use "
-                      "version='custom' with the other attacks of 'plus'")
+    def fn(logits_fn, key, x, y, sub):
+      del sub
+      return fab(logits_fn, key, x, y, eps=s.eps, norm=s.norm, num_steps=s.fab_steps,
+                 num_restarts=s.fab_restarts)
+    return fn
   if name == "square":
     def fn(logits_fn, key, x, y, sub):
       del sub

@@ -1,4 +1,4 @@
-"""FAB-T: exact projections, closed-form minimal perturbations, invariants, compiling."""
+"""FAB-T and FAB: exact projections, closed-form minimal perturbations, invariants."""
 import functools
 
 import jax
@@ -8,7 +8,7 @@ import pytest
 from flax import nnx
 from scipy.optimize import linprog
 
-from jaxrobust.attacks import ATTACKS, attack_from_config, fab_projection, fab_targeted
+from jaxrobust.attacks import ATTACKS, attack_from_config, fab, fab_projection, fab_targeted
 from jaxrobust.errors import ConfigError
 from jaxrobust.methods import ModelFns
 from jaxrobust.models import create_model
@@ -360,3 +360,66 @@ def test_bad_arguments(kwargs):
   with pytest.raises(ValueError):
     fab_targeted(lambda v: v.reshape(v.shape[0], -1), jax.random.PRNGKey(0),
                  jnp.zeros((1, 2, 1, 1)), jnp.zeros((1,), jnp.int32), **kwargs)
+
+
+# --- untargeted FAB ----------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted_fab_untargeted(norm, **settings):
+  w, bias, _, _, _ = _linear_problem()
+  fn = _linear_fn(w, bias)
+  return jax.jit(lambda rng, x, y, eps: fab(fn, rng, x, y, eps=eps, norm=norm, **settings))
+
+
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_fab_finds_closest_boundary(norm):
+  # Linear model: the minimal perturbation goes to the closest boundary,
+  # min_j |f_y - f_j| / ||w_y - w_j||_dual, and FAB picks that hyperplane.
+  _, _, x, y, _ = _linear_problem()
+  dist, step, cls = _minimal_perturbation(norm)
+  assert np.all(np.abs(step) < 0.25)  # the box does not bind
+  run = _jitted_fab_untargeted(norm, num_steps=10, num_restarts=2)
+  args = (jax.random.PRNGKey(0), jnp.asarray(x), jnp.asarray(y, jnp.int32))
+  below = run(*args, jnp.asarray(0.999 * dist, jnp.float32))
+  np.testing.assert_array_equal(np.asarray(below), x)
+  above = np.asarray(run(*args, jnp.asarray(1.01 * dist, jnp.float32)))
+  delta = above - x
+  np.testing.assert_allclose(_norm(delta, norm) / dist, FAB_LINEAR_RATIO, atol=2e-4)
+  np.testing.assert_allclose(delta, FAB_LINEAR_RATIO * step, atol=3e-4 * np.abs(step).max())
+  pred = np.asarray(jnp.argmax(_linear_fn(*_linear_problem()[:2])(above), -1))
+  np.testing.assert_array_equal(pred, cls)
+
+
+@pytest.mark.parametrize("norm,eps", [("linf", 0.04), ("l2", 0.35)])
+def test_fab_invariants_on_cnn(norm, eps):
+  x, y, pred = _cnn_data(20)
+  attack = jax.jit(lambda rng, x, y: fab(_cnn(), rng, x, y, eps=eps, norm=norm, num_steps=4,
+                                         num_restarts=2))
+  x_adv = attack(jax.random.PRNGKey(0), x, y)
+  assert x_adv.shape == x.shape and x_adv.dtype == jnp.float32
+  xa, xn = np.asarray(x_adv), np.asarray(x)
+  assert xa.min() >= 0.0 and xa.max() <= 1.0
+  assert np.all(_norm(xa - xn, norm) <= eps + 1e-6)
+  wrong = np.asarray(pred != y)
+  np.testing.assert_array_equal(xa[wrong], xn[wrong])
+  changed = np.any(xa != xn, axis=(1, 2, 3))
+  adv_pred = np.asarray(jax.jit(_cnn())(x_adv).argmax(-1))
+  assert np.all(adv_pred[changed] != np.asarray(y)[changed])
+  assert changed.sum() >= 2
+
+
+def test_fab_registry_and_bad_arguments():
+  assert ATTACKS["fab"] is fab
+  attack = attack_from_config(dict(name="fab", eps=0.5, norm="l2", num_steps=3, num_restarts=1))
+  w, bias, x, y, _ = _linear_problem()
+  out = jax.eval_shape(lambda *a: attack(_linear_fn(w, bias), *a), jax.random.PRNGKey(0),
+                       jnp.asarray(x), jnp.asarray(y, jnp.int32))
+  assert out.shape == x.shape and out.dtype == jnp.float32
+  with pytest.raises(ConfigError, match="n_target_classes"):
+    attack_from_config(dict(name="fab", eps=0.1, n_target_classes=3))
+  for kwargs in (dict(eps=0.0), dict(eps=0.1, norm="l3"), dict(eps=0.1, num_restarts=0),
+                 dict(eps=0.1, eta=0.0)):
+    with pytest.raises(ValueError):
+      fab(lambda v: v.reshape(v.shape[0], -1), jax.random.PRNGKey(0), jnp.zeros((1, 2, 1, 1)),
+          jnp.zeros((1,), jnp.int32), **kwargs)

@@ -140,8 +140,9 @@ def test_settings_and_checks():
   s = AutoAttackSettings.for_version(8 / 255)
   assert s.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
   assert (s.apgd_restarts, s.apgd_t_targets, s.fab_t_targets, s.square_queries) == (1, 9, 9, 5000)
-  with pytest.raises(ConfigError, match="untargeted FAB"):
-    AutoAttackSettings.for_version(8 / 255, version="plus")
+  plus = AutoAttackSettings.for_version(8 / 255, version="plus")
+  assert plus.attacks == ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+  assert (plus.apgd_restarts, plus.fab_restarts, plus.square_restarts) == (5, 5, 5)
   p = AutoAttackSettings.for_version(8 / 255, version="custom",
                                      attacks=("apgd-ce", "apgd-dlr", "square"), apgd_restarts=5)
   assert p.attacks[:2] == ("apgd-ce", "apgd-dlr") and p.apgd_restarts == 5
