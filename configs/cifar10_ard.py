@@ -31,7 +31,7 @@ plus the teacher's forward passes): ``simple_cnn`` student, 3-step attack
 ``:smoke`` — 4 steps of a tiny student (tests; the test trains a tiny
 teacher with ``cifar10_pgd_at.py:smoke`` first and sets the workdir).
 """
-from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
+from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -55,14 +55,8 @@ def get_config(arg=None):
   c.train.boundaries = (0.5,)
   c.train.scales = (0.1,)
   if arg.local or arg.smoke:
-    c.model.name = "simple_cnn"
+    apply_local(c)
     c.method.attack.update(num_steps=3, step_size=3 / 255)
-    c.train.num_epochs = 5
-    c.train.lr = 0.2
-    c.train.schedule = "cyclic"
-    c.train.weight_decay = 5e-4
-    c.train.log_every_steps = 20
-    c.eval.batch_size = 250
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)
   return c

@@ -30,7 +30,7 @@ Runtime: one extra forward-backward pass per step on top of the base method.
 epochs, one-cycle lr 0.2, AWP from the start.
 ``:smoke`` — 4 steps of a tiny model on a slice of the data (tests).
 """
-from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
+from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -59,18 +59,13 @@ def get_config(arg=None):
   if arg.model:
     c.model.name = arg.model
   if arg.local or arg.smoke:
-    c.model.name = "simple_cnn"
+    apply_local(c)
     if arg.trades:
       c.method.attack.update(num_steps=3, step_size=0.012)
     else:
       c.method.attack = dict(name="fgsm", eps=8 / 255, step_size=10 / 255,
                              random_start="uniform")
     c.method.awp_warmup_epochs = 0.0
-    c.train.num_epochs = 5
-    c.train.lr = 0.2
-    c.train.schedule = "cyclic"
-    c.train.log_every_steps = 20
-    c.eval.batch_size = 250
     c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
                              random_start="uniform")
   if arg.smoke:  # a few steps, for tests.

@@ -29,7 +29,7 @@ one-cycle lr 0.2, introspection from epoch 3.
 ``:smoke`` — 4 steps of a tiny student, introspection from step 2 (tests;
 the test trains a tiny teacher with ``cifar10_pgd_at.py:smoke`` first).
 """
-from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
+from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -59,15 +59,9 @@ def get_config(arg=None):
     c.method.iad_alpha2 = 0.25
     c.method.teacher2_workdir = ""  # --config.method.teacher2_workdir=runs/standard
   if arg.local or arg.smoke:
-    c.model.name = "simple_cnn"
+    apply_local(c)
     c.method.attack.update(num_steps=3, step_size=3 / 255)
     c.method.iad_begin_epochs = 3.0
-    c.train.num_epochs = 5
-    c.train.lr = 0.2
-    c.train.schedule = "cyclic"
-    c.train.weight_decay = 5e-4
-    c.train.log_every_steps = 20
-    c.eval.batch_size = 250
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)
     c.method.iad_begin_epochs = 0.25  # 8 steps per epoch: introspection from step 2.

@@ -21,7 +21,7 @@ weight decay 3.5e-3, 120 epochs, x0.1 at (1-indexed) epochs 75, 90 and 100.
 ``simple_cnn``, 3-step attack (step 0.012), 5 epochs, one-cycle lr 0.2.
 ``:smoke`` — 4 steps of a tiny model on a slice of the data (tests).
 """
-from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
+from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -54,14 +54,8 @@ def get_config(arg=None):
     c.train.boundaries = (74 / 120, 89 / 120, 99 / 120)
     c.train.scales = (0.1, 0.1, 0.1)
   if arg.local or arg.smoke:
-    c.model.name = "simple_cnn"
+    apply_local(c)
     c.method.attack.update(num_steps=3, step_size=0.012)
-    c.train.num_epochs = 5
-    c.train.lr = 0.2
-    c.train.schedule = "cyclic"
-    c.train.weight_decay = 5e-4
-    c.train.log_every_steps = 20
-    c.eval.batch_size = 250
     c.eval.val_attack.update(step_size=2 / 255)
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)

@@ -15,23 +15,17 @@ one-cycle LR. Measured figures are in BENCHMARKS.md.
 
     python -m jaxrobust.train --config configs/cifar10_pgd_at.py:local --workdir runs/local
 """
-from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
+from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, local=False, smoke=False)
   c = default_config()
   if arg.local or arg.smoke:
-    c.model.name = "simple_cnn"
+    apply_local(c)
     c.method.name = "fgsm_at"
     c.method.attack = dict(name="fgsm", eps=8 / 255, step_size=10 / 255,
                            random_start="uniform")
-    c.train.num_epochs = 5
-    c.train.lr = 0.2
-    c.train.schedule = "cyclic"
-    c.train.weight_decay = 5e-4
-    c.train.log_every_steps = 20
-    c.eval.batch_size = 250
     c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
                              random_start="uniform")
   if arg.smoke:  # a few steps, for tests.

@@ -28,7 +28,7 @@ epochs, one-cycle lr 0.2.
 ``:smoke`` — 4 steps of a tiny student (tests; the test trains a tiny
 teacher with ``cifar10_pgd_at.py:smoke`` first).
 """
-from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
+from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -55,14 +55,8 @@ def get_config(arg=None):
   c.eval.test_attack = dict(name="pgd", eps=8 / 255, step_size=0.003, num_steps=20,
                             norm="linf", loss="ce", random_start="uniform")
   if arg.local or arg.smoke:
-    c.model.name = "simple_cnn"
+    apply_local(c)
     c.method.attack.update(num_steps=3, step_size=3 / 255)
-    c.train.num_epochs = 5
-    c.train.lr = 0.2
-    c.train.schedule = "cyclic"
-    c.train.weight_decay = 5e-4
-    c.train.log_every_steps = 20
-    c.eval.batch_size = 250
     c.eval.val_attack.update(step_size=2 / 255)
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)

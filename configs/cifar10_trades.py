@@ -23,7 +23,7 @@ This run is also the teacher of ``cifar10_ard.py`` and ``cifar10_rslad.py``.
 ``simple_cnn``, 3-step inner max (step 0.012), 5 epochs, one-cycle lr 0.2.
 ``:smoke`` — 4 steps of a tiny model on a slice of the data (tests).
 """
-from jaxrobust.train.defaults import apply_smoke, default_config, parse_arg
+from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
@@ -49,14 +49,8 @@ def get_config(arg=None):
   c.eval.test_attack = dict(name="pgd", eps=0.031, step_size=0.003, num_steps=20,
                             norm="linf", loss="ce", random_start="uniform")
   if arg.local or arg.smoke:
-    c.model.name = "simple_cnn"
+    apply_local(c)
     c.method.attack.update(num_steps=3, step_size=0.012)
-    c.train.num_epochs = 5
-    c.train.lr = 0.2
-    c.train.schedule = "cyclic"
-    c.train.weight_decay = 5e-4
-    c.train.log_every_steps = 20
-    c.eval.batch_size = 250
     c.eval.val_attack.update(step_size=2 / 255)
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)

@@ -175,3 +175,18 @@ def apply_smoke(c, model: str = "simple_cnn_tiny") -> None:
   for attack in (c.method.attack, c.eval.val_attack, c.eval.test_attack):
     if "num_steps" in attack:
       attack.num_steps = min(attack.num_steps, 2)
+
+
+def apply_local(c, model: str = "simple_cnn", num_epochs: int = 5) -> None:
+  """The shared CPU-scale (``:local``) budget of the CIFAR-10 configs, in place.
+
+  A small CNN, 5 epochs, one-cycle LR peaking at 0.2, weight decay 5e-4;
+  each config then sets its own attack (see BENCHMARKS.md for measured runs).
+  """
+  c.model.name = model
+  c.train.num_epochs = num_epochs
+  c.train.lr = 0.2
+  c.train.schedule = "cyclic"
+  c.train.weight_decay = 5e-4
+  c.train.log_every_steps = 20
+  c.eval.batch_size = 250
