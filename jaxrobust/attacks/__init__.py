@@ -81,6 +81,7 @@ def attack_from_config(cfg) -> Callable:
 
 
 __all__ = ["apgd", "apgd_single_run", "apgd_targeted", "checkpoint_schedule", "top_k_target",
+           "oscillation_flags", "step_size_flags",
            "ATTACKS", "CPU_UNROLL", "LOSSES", "NORMS", "RANDOM_STARTS", "ascent_direction",
            "attack_from_config", "ce_loss", "cw_loss", "default_unroll", "dlr_loss",
            "dlr_targeted_loss", "fab", "fab_projection", "fab_targeted", "fgsm", "kl_loss",

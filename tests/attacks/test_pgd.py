@@ -12,14 +12,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxrobust.attacks import (LOSSES, attack_from_config, fgsm, pgd, project,
                                random_init)
 from jaxrobust.errors import ConfigError
-from jaxrobust.methods import ModelFns
-from jaxrobust.models import create_model
-from jaxrobust.train import split_model
+
+from ..numpy_models import numpy_initialised
 
 SHAPE = (16, 8, 8, 3)  # B, H, W, C
 B = SHAPE[0]
@@ -165,29 +163,8 @@ def test_targeted_multiclass_raises_target_probability():
 
 @functools.lru_cache(maxsize=None)
 def _cnn():
-  """simple_cnn_tiny split into (ModelFns, params, batch_stats).
-
-  Weights are drawn with NumPy (He-normal kernels, random biases and BN
-  statistics) on the abstract model: compiling one ``jax.random`` initialiser
-  per kernel shape would dominate this file's run time.
-  """
-  abstract = nnx.eval_shape(lambda: create_model("simple_cnn_tiny"))
-  graphdef, params, batch_stats = split_model(abstract)
-  gen = np.random.default_rng(0)
-
-  def fill(path, leaf):
-    key = str(path[-2])
-    if "kernel" in key:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return jnp.asarray(gen.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in), leaf.dtype)
-    if "var" in key:
-      return jnp.asarray(gen.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-    return jnp.asarray((1.0 if "scale" in key else 0.0) + 0.1 * gen.normal(size=leaf.shape),
-                       leaf.dtype)
-
-  params = jax.tree_util.tree_map_with_path(fill, params)
-  batch_stats = jax.tree_util.tree_map_with_path(fill, batch_stats)
-  return ModelFns(graphdef), params, batch_stats
+  """simple_cnn_tiny split into (ModelFns, params, batch_stats), NumPy weights."""
+  return numpy_initialised("simple_cnn_tiny", seed=0)
 
 
 def _cnn_logits_fn():

@@ -5,14 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 
 from jaxrobust.attacks import ATTACKS, attack_from_config, square
 from jaxrobust.attacks import _square as sq
 from jaxrobust.errors import ConfigError
-from jaxrobust.methods import ModelFns
-from jaxrobust.models import create_model
-from jaxrobust.train import split_model
+
+from ..numpy_models import numpy_initialised
 
 B, H, W, C = 8, 8, 8, 3
 
@@ -196,23 +194,8 @@ def _cnn():
   The weights come from NumPy on the abstract model (as in test_pgd): one XLA
   compile per ``jax.random`` initialiser would dominate this file's run time.
   """
-  graphdef, params, batch_stats = split_model(
-      nnx.eval_shape(lambda: create_model("simple_cnn_tiny", seed=0)))
-  gen = np.random.default_rng(31)
-
-  def fill(path, leaf):
-    name = str(path[-2])
-    if "kernel" in name:  # He-normal
-      return jnp.asarray(gen.normal(size=leaf.shape) * np.sqrt(2 / np.prod(leaf.shape[:-1])),
-                         leaf.dtype)
-    if "var" in name:
-      return jnp.asarray(gen.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-    base = 1.0 if "scale" in name else 0.0
-    return jnp.asarray(base + 0.1 * gen.normal(size=leaf.shape), leaf.dtype)
-
-  params = jax.tree_util.tree_map_with_path(fill, params)
-  batch_stats = jax.tree_util.tree_map_with_path(fill, batch_stats)
-  logits_fn = ModelFns(graphdef).logits_fn(params, batch_stats)
+  fns, params, batch_stats = numpy_initialised("simple_cnn_tiny", seed=31)
+  logits_fn = fns.logits_fn(params, batch_stats)
   x = jnp.asarray(np.random.default_rng(30).uniform(size=(B, H, W, C)), jnp.float32)
   y = jnp.argmax(jax.jit(logits_fn)(x), -1).astype(jnp.int32)  # all correct
   return logits_fn, x, y

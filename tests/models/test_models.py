@@ -8,11 +8,11 @@ import pytest
 from flax import nnx
 
 from jaxrobust.errors import ConfigError
-from jaxrobust.methods import ModelFns
 from jaxrobust.models import MODELS, Normalize, create_model
 from jaxrobust.models.layers import CIFAR10_MEAN, CIFAR10_STD
 from jaxrobust.models.small_cnn import _max_pool
-from jaxrobust.train import split_model
+
+from ..numpy_models import numpy_initialised
 
 MNIST_MODELS = ("small_cnn", "small_cnn_tiny")
 SMALL_MODELS = sorted([k for k in MODELS if k.endswith("_tiny")]
@@ -36,33 +36,12 @@ def _num_params(name, **kwargs):
 
 @functools.lru_cache(maxsize=None)
 def _model(name, normalize=None, seed=0):
-  """Model ``name`` split into (ModelFns, params, batch_stats).
-
-  Weights are drawn with NumPy (He-normal kernels, small random biases and BN
-  statistics) on the abstract model: XLA-compiling one ``jax.random``
-  initialiser per kernel shape dominates the cost of building a model on a
-  2-core CPU. Real initialisation is covered by :func:`test_seed_determinism`.
-  """
+  """Model ``name`` split into (ModelFns, params, batch_stats), NumPy weights
+  (real initialisation is covered by :func:`test_seed_determinism`)."""
   kwargs = _kwargs(name)
   if normalize is not None:
     kwargs["normalize"] = normalize
-  abstract = nnx.eval_shape(lambda: create_model(name, **kwargs))
-  graphdef, params, batch_stats = split_model(abstract)
-  gen = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    key = str(path[-2])
-    if "kernel" in key:
-      fan_in = int(np.prod(leaf.shape[:-1]))
-      return jnp.asarray(gen.normal(size=leaf.shape) * np.sqrt(2.0 / fan_in), leaf.dtype)
-    if "var" in key:
-      return jnp.asarray(gen.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-    return jnp.asarray((1.0 if "scale" in key else 0.0) + 0.1 * gen.normal(size=leaf.shape),
-                       leaf.dtype)
-
-  params = jax.tree_util.tree_map_with_path(fill, params)
-  batch_stats = jax.tree_util.tree_map_with_path(fill, batch_stats)
-  return ModelFns(graphdef), params, batch_stats
+  return numpy_initialised(name, seed=seed, **kwargs)
 
 
 def _stateful(name, **kwargs):
