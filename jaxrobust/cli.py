@@ -22,8 +22,12 @@ def apply_cpu_defaults() -> None:
     os.environ["XLA_FLAGS"] = flags
 
 
-def run_main(main, argv=None) -> None:
-  """Runs ``main`` under absl; JaxRobustError -> one ``error:`` line, exit 2."""
+def run_main(main, argv=None, schema=None) -> None:
+  """Runs ``main`` under absl; JaxRobustError -> one ``error:`` line, exit 2.
+
+  ``schema`` returns the config schema used to name a bad ``--config.*``
+  override (default: the training config).
+  """
   from absl import app  # pylint: disable=g-import-not-at-top
   from jaxrobust.errors import JaxRobustError  # pylint: disable=g-import-not-at-top
 
@@ -51,7 +55,7 @@ def run_main(main, argv=None) -> None:
       print(f"error: {e}", file=sys.stderr)
       sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-      print(f"error: {bad_override_message(argv_, e)}", file=sys.stderr)
+      print(f"error: {bad_override_message(argv_, e, schema)}", file=sys.stderr)
       sys.exit(2)
 
   app.run(wrapped, argv=normalize_flag_names(sys.argv if argv is None else argv),
@@ -69,10 +73,11 @@ def normalize_flag_names(argv):
   return out
 
 
-def bad_override_message(argv, exc) -> str:
+def bad_override_message(argv, exc, schema=None) -> str:
   """Names the ``--config.a.b=v`` override that does not fit the config schema."""
-  from jaxrobust.train.defaults import default_config  # pylint: disable=g-import-not-at-top
-  known = set(_flat_keys(default_config().to_dict()))
+  if schema is None:
+    from jaxrobust.train.defaults import default_config as schema  # pylint: disable=g-import-not-at-top
+  known = set(_flat_keys(schema().to_dict()))
   for arg in argv[1:]:
     if arg.startswith("--config."):
       key = arg[len("--config."):].split("=", 1)[0]

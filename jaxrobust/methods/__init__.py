@@ -129,7 +129,7 @@ def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
   if name not in METHODS:
     raise ConfigError(f"unknown method {name!r}; choose one of {METHODS}")
   if name == "standard":
-    return Standard()
+    return Standard(bn=_choice(_get(cfg, "clean_bn", "train"), ("train", "eval"), "clean_bn"))
   off = OFFICIAL.get(name, {})
   bn_updates = _choice(_get(cfg, "bn_updates", "official"), BN_UPDATES, "bn_updates")
   base_name = _choice(_get(cfg, "awp_base", "pgd_at"), AWP_BASES, "awp_base")

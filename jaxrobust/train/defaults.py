@@ -7,9 +7,12 @@ registries that consume them.
 """
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 from jaxrobust.errors import ConfigError
+from jaxrobust.utils.paths import compile_regex
 
 SCHEDULES = ("piecewise", "cosine", "cyclic", "constant")
 
@@ -45,6 +48,7 @@ def default_config() -> ml_collections.ConfigDict:
   # BN view of the attack: 'train' (official for pgd_at, AT-AWP, ARD, IAD) or 'eval'
   # (official for TRADES, TRADES-AWP, MART, RSLAD: their configs set it).
   c.method.attack_bn = "train"
+  c.method.clean_bn = "train"  # standard: 'train' (update running averages) or 'eval'.
   # Method settings below: a negative number or '' means the method's official
   # default (jaxrobust.methods.OFFICIAL).
   c.method.beta = -1.0  # TRADES/MART KL weight (6); IAD trust exponent (0.1).
@@ -80,6 +84,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
   c.train.keep_checkpoints = 2
+  # Fine-tuning: start from the weights of another run (its workdir), and update
+  # only the parameters whose dotted name matches `trainable` ('' = all).
+  c.train.init_from = ""
+  c.train.init_which = "best"  # 'best' or 'latest' checkpoint of init_from.
+  c.train.trainable = ""
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 200
@@ -130,6 +139,13 @@ def validate_config(c) -> None:
     _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
   if c.data.val_size < 1 and c.eval.every_epochs > 0:
     _fail("config.data.val_size must be >= 1 when validation is on (eval.every_epochs > 0)")
+  if t.init_which not in ("best", "latest"):
+    _fail(f"config.train.init_which={t.init_which!r}; use 'best' or 'latest'")
+  if t.init_from and not os.path.isdir(t.init_from):
+    _fail(f"config.train.init_from={t.init_from!r} is not a directory; give the --workdir of "
+          f"a finished python -m jaxrobust.train run")
+  if t.trainable:
+    compile_regex(t.trainable, "config.train.trainable")
   m = c.method
   if m.teacher_which not in ("best", "latest"):
     _fail(f"config.method.teacher_which={m.teacher_which!r}; use 'best' or 'latest'")

@@ -94,6 +94,33 @@ def load_teachers(config, mesh) -> tuple[tuple, dict | None]:
   return tuple(fns), frozen
 
 
+def init_from_run(config, state, tx, fingerprint: str, mesh):
+  """``state`` with the weights of ``config.train.init_from`` (fine-tuning start).
+
+  Parameters and BatchNorm running averages come from that run's
+  ``init_which`` checkpoint (its EMA weights if it kept them, as evaluated);
+  the step, optimiser state (re-initialised) and PRNG stay fresh.
+
+  Raises:
+    ConfigError: the run's architecture differs from this config's.
+    CheckpointError: an unreadable run.
+  """
+  from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
+  t = config.train
+  src = load_trained(t.init_from, t.init_which, mesh=mesh)
+  src_fp = model_fingerprint(src.config, (28, 28, 1) if src.config.data.name == "mnist"
+                             else (32, 32, 3))
+  if src_fp != fingerprint:
+    raise ConfigError(f"config.train.init_from={t.init_from!r} holds a {src_fp} model but this "
+                      f"config builds {fingerprint}; set config.model to match")
+  log.info("initialised from %s (%s checkpoint, step %d)", t.init_from, src.which, src.step)
+  params = jax.tree.map(lambda a: a.copy(), src.params)
+  return state.replace(
+      params=params, batch_stats=jax.tree.map(lambda a: a.copy(), src.batch_stats),
+      opt_state=parallel.replicate(tx.init(params), mesh),
+      ema_params=None if state.ema_params is None else jax.tree.map(lambda a: a.copy(), params))
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
@@ -142,6 +169,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
     it.restore(meta["data"])
     best_metric = meta.get("best_metric", -1.0)
     log.info("resumed from step %d", int(state.step))
+  elif config.train.init_from:
+    state = init_from_run(config, state, tx, fingerprint, mesh)
   if is_main:
     _save_config(config, workdir)
 

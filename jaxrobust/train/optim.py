@@ -6,9 +6,11 @@ Schedules are per step; epochs are converted with ``steps_per_epoch``.
 """
 from __future__ import annotations
 
+import jax
 import optax
 
 from jaxrobust.errors import ConfigError
+from jaxrobust.utils.paths import select_leaves
 
 
 def make_schedule(t, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
@@ -45,7 +47,23 @@ def make_schedule(t, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
 
 
 def make_optimizer(t, total_steps: int, steps_per_epoch: int) -> optax.GradientTransformation:
-  """SGD(momentum, nesterov) with coupled weight decay and the configured schedule."""
+  """SGD(momentum, nesterov) with coupled weight decay and the configured schedule.
+
+  ``t.trainable`` (a regex over dotted parameter names such as
+  ``'convs.1.kernel'``; '' = all) restricts the update to the matching
+  parameters: the others get an exact zero update (``optax.set_to_zero``) and
+  no weight decay, as parameters with ``requires_grad=False`` in PyTorch
+  (RiFT's module fine-tuning).
+  """
   sched = make_schedule(t, total_steps, steps_per_epoch)
-  return optax.chain(optax.add_decayed_weights(t.weight_decay),
-                     optax.sgd(sched, momentum=t.momentum or None, nesterov=t.nesterov))
+  tx = optax.chain(optax.add_decayed_weights(t.weight_decay),
+                   optax.sgd(sched, momentum=t.momentum or None, nesterov=t.nesterov))
+  pattern = t.get("trainable", "")
+  if not pattern:
+    return tx
+
+  def labels(params):
+    mask = select_leaves(params, pattern, "config.train.trainable")
+    return jax.tree.map(lambda m: "train" if m else "freeze", mask)
+
+  return optax.multi_transform({"train": tx, "freeze": optax.set_to_zero()}, labels)
