@@ -11,7 +11,9 @@ best epoch; 84.60 / 43.75 last epoch.
 
 ``:local`` — a CPU-scale run on the bundled CIFAR-10 (about 20 minutes on 2
 cores): a small CNN trained with FGSM-AT with random init (Wong et al. 2020),
-one-cycle LR. Measured figures are in BENCHMARKS.md.
+one-cycle LR. Measured figures are in BENCHMARKS.md. ``:local,pgd_steps=3`` trains
+with PGD-AT (3 steps of 3/255, uniform start) instead, the budget of the other
+methods' ``:local`` variants (the "SAT" row of the CPU-scale comparison).
 
     python -m jaxrobust.train --config configs/cifar10_pgd_at.py:local --workdir runs/local
 """
@@ -19,13 +21,18 @@ from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, p
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, local=False, smoke=False)
+  arg = parse_arg(arg, local=False, smoke=False, pgd_steps=0)
   c = default_config()
   if arg.local or arg.smoke:
     apply_local(c)
     c.method.name = "fgsm_at"
     c.method.attack = dict(name="fgsm", eps=8 / 255, step_size=10 / 255,
                            random_start="uniform")
+    if arg.pgd_steps:
+      c.method.name = "pgd_at"
+      c.method.attack = dict(name="pgd", eps=8 / 255, step_size=3 / 255,
+                             num_steps=arg.pgd_steps, norm="linf", loss="ce",
+                             random_start="uniform")
     c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
                              random_start="uniform")
   if arg.smoke:  # a few steps, for tests.
