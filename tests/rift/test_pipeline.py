@@ -1,0 +1,113 @@
+"""RiFT end to end on the bundled data: fine-tuning freezes all but one module; the CLI."""
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxrobust.errors import ConfigError
+from jaxrobust.evaluate.restore import load_trained
+from jaxrobust.rift.pipeline import finetune_config
+from jaxrobust.train.loop import train_and_evaluate
+from jaxrobust.utils.paths import named_leaves
+from tests.train.helpers import load_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def at_run(tmp_path_factory, data_dir):
+  """A tiny adversarially trained model (cifar10_pgd_at.py:smoke)."""
+  del data_dir
+  workdir = str(tmp_path_factory.mktemp("at"))
+  train_and_evaluate(load_config("cifar10_pgd_at", "smoke"), workdir)
+  return workdir
+
+
+def _leaves(tree):
+  return {n: np.asarray(x) for n, x in named_leaves(tree)}
+
+
+@pytest.mark.parametrize("bn", ["eval", "train"])
+def test_finetuning_changes_only_the_chosen_module(at_run, tmp_path, bn):
+  rift = load_config("cifar10_rift", "smoke")
+  rift.at_workdir = at_run
+  rift.finetune.bn = bn
+  rift.finetune.lr = 0.05  # large enough that the chosen kernel visibly moves in 4 steps.
+  at = load_trained(at_run)
+  cfg = finetune_config(rift, at.config, "convs.1")
+  assert cfg.train.trainable == r"^(convs\.1)\." and cfg.method.name == "standard"
+  train_and_evaluate(cfg, str(tmp_path))
+  ft = load_trained(str(tmp_path), "latest")
+  before, after = _leaves(at.params), _leaves(ft.params)
+  for name in before:
+    if name.startswith("convs.1."):
+      assert not np.array_equal(before[name], after[name]), name
+    else:
+      np.testing.assert_array_equal(before[name], after[name], err_msg=name)
+  stats_same = all(np.array_equal(a, b) for a, b in zip(_leaves(at.batch_stats).values(),
+                                                        _leaves(ft.batch_stats).values()))
+  assert stats_same == (bn == "eval")
+
+
+def test_init_from_a_different_architecture_is_refused(at_run, tmp_path):
+  cfg = load_config("cifar10_pgd_at", "smoke")
+  cfg.model.name = "small_cnn_tiny"
+  cfg.train.init_from = at_run
+  with pytest.raises(ConfigError, match="init_from"):
+    train_and_evaluate(cfg, str(tmp_path))
+
+
+def _cli(*args, cwd):
+  env = dict(os.environ, JAXROBUST_CACHE_DIR=str(cwd / "cache"))
+  return subprocess.run([sys.executable, "-m", "jaxrobust.rift", *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=900, check=False)
+
+
+def test_cli_runs_end_to_end_and_writes_report_and_plots(at_run, tmp_path, repo_root):
+  out = tmp_path / "rift"
+  proc = _cli(f"--config={repo_root}/configs/cifar10_rift.py:smoke",
+              f"--config.at_workdir={at_run}", f"--workdir={out}", cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  report = json.loads((out / "report.json").read_text())
+  mrc = json.loads((out / "mrc.json").read_text())
+  lowest = min(mrc["modules"], key=lambda r: r["mrc"])["name"]
+  assert report["module"] == lowest == report["mrc"]["ranking"][0]
+  assert [r["alpha"] for r in report["interpolation"]["records"]] == [0.0, 0.5, 1.0]
+  assert report["interpolation"]["chosen"] in report["interpolation"]["records"]
+  for label in ("at", "rift", "finetuned"):
+    row = report["test"][label]
+    assert 0 <= row["robust"] <= row["clean"] <= 1
+    assert 0 <= row["ood"] <= 1 and len(row["ood_per_set"]) == 4  # 2 corruptions x 2 severities.
+  # alpha = 0 is the adversarially trained model: its test numbers match a direct evaluation.
+  at = load_trained(at_run)
+  from jaxrobust.evaluate.evaluators import evaluate_model, exact_subset
+  from jaxrobust.parallel import make_mesh
+  from jaxrobust.train.builders import build_splits
+  cfg = at.config.copy_and_resolve_references()
+  cfg.unlock()
+  cfg.data.test_size = report["test_size"]
+  test = exact_subset(build_splits(cfg).test, report["test_size"])
+  direct = evaluate_model(at.model_fns, at.params, at.batch_stats, test, {"clean": None}, 40,
+                          make_mesh())
+  assert report["test"]["at"]["clean"] == pytest.approx(direct["clean"])
+  assert report["reinit"]["rows"] and {r["mode"] for r in report["reinit"]["rows"]} == {
+      "reinit", "rerandom"}
+  assert "generated" in report["ood_source"][0] or "cifar10_corrupted" in report["ood_source"][0]
+  for png in ("mrc.png", "interpolation.png"):
+    assert (out / png).stat().st_size > 1000
+  assert jax.device_count() == 8  # conftest's forced devices were in effect in this process.
+
+
+def test_cli_bad_input_gives_one_clear_error(tmp_path, repo_root, at_run):
+  cfg = f"--config={repo_root}/configs/cifar10_rift.py:smoke"
+  proc = _cli(cfg, f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+  assert proc.returncode == 2 and "--config.at_workdir" in proc.stderr
+  proc = _cli(cfg, "--config.mrc.xii=1", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+  assert proc.returncode == 2 and "unknown config key 'mrc.xii'" in proc.stderr
+  proc = _cli(cfg, f"--config.at_workdir={at_run}", "--config.finetune.module=nope",
+              "--config.reinit.modes=()", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
+  assert proc.returncode == 2 and "is not a conv/dense module" in proc.stderr, proc.stderr[-500:]
