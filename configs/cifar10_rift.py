@@ -14,9 +14,9 @@ Paper (ResNet-18, CIFAR-10, AT): 81.46 -> 83.44 clean at 53.63 -> 53.65 PGD-10.
     python -m jaxrobust.rift --config configs/cifar10_rift.py \
         --config.at_workdir=runs/pgd_at --workdir runs/rift
 
-``:local`` — CPU scale for a ``cifar10_pgd_at.py:local`` model: 3 fine-tuning
-epochs (decay after the 2nd... i.e. at 50 %), AutoAttack on 200 test images,
-OOD on 200 validation / 500 test images at severities 1, 3, 5.
+``:local`` — CPU scale for a ``cifar10_pgd_at.py:local`` model (the official
+MRC and fine-tuning settings, which are cheap for a small CNN): AutoAttack on
+200 test images, OOD on 200 validation / 500 test images at severities 1, 3, 5.
 ``:smoke`` — a few steps, tiny sets (tests).
 """
 from jaxrobust.rift.config import default_rift_config
@@ -28,7 +28,6 @@ def get_config(arg=None):
   c = default_rift_config()
   c.eval.autoattack_examples = 1000
   if arg.local or arg.smoke:
-    c.finetune.num_epochs = 3
     c.eval.batch_size = 250
     c.eval.autoattack_examples = 200
     c.eval.ood.severities = (1, 3, 5)
