@@ -15,10 +15,11 @@ The result is ``max loss - original loss``; a negative value is possible (the
 official running max starts at 0, which no cross-entropy reaches, so the two
 agree).
 
-Implementation: one jitted function per distinct kernel *shape* runs the whole
-inner maximisation (epochs x batches in ``lax`` loops, the adversarial set on
-device). The module inside a shape group is a traced integer, so a sweep over
-all modules compiles once per shape, not once per module.
+Implementation: per distinct kernel *shape*, one jitted program runs an ascent
+epoch over the whole adversarial set (on device) and one evaluates it; the
+module inside a shape group is a traced integer, so a sweep over all modules
+compiles once per shape, not once per module (see
+:func:`make_group_maximizer` for why epochs are a host loop).
 
 Deliberate differences from the official code: the adversarial set is built
 from the validation split by default (the official code uses the test split;
@@ -153,7 +154,16 @@ def _project(delta, w_norm, xi):
 
 def make_group_maximizer(model: ModelFns, params, members: Sequence[Module], n: int,
                          settings: MRCSettings) -> Callable:
-  """The jitted inner maximisation for modules that share one kernel shape.
+  """The inner maximisation for modules that share one kernel shape.
+
+  Two jitted programs do the work: ``evaluate`` (loss and accuracy over the
+  adversarial set) and ``epoch`` (one shuffled pass of SGD ascent on the
+  weight perturbation, the projection, the evaluation and the running max).
+  The batches of a pass are straight-line code inside each program and the
+  epochs are a host loop that only dispatches (the carry stays on device, no
+  host sync until the caller reads the result): XLA:CPU runs convolution
+  gradients inside a ``while`` body on a slow generic path, which made the
+  ``fori_loop`` form of this function several times slower.
 
   Args:
     model: functional model.
@@ -165,8 +175,9 @@ def make_group_maximizer(model: ModelFns, params, members: Sequence[Module], n: 
 
   Returns:
     ``maximize(params, batch_stats, index, x_adv, y, key) -> dict`` of float32
-    scalars ``max_loss, acc_at_max, base_loss, base_acc, rel_norm`` (jitted;
-    ``x_adv`` float32 ``[n, H, W, C]``, ``y`` int32 ``[n]``).
+    scalars ``max_loss, acc_at_max, base_loss, base_acc, rel_norm``
+    (``x_adv`` float32 ``[n, H, W, C]``, ``y`` int32 ``[n]``). Its attribute
+    ``jitted`` holds the two jitted programs (each compiles once per group).
   """
   shapes = {m.shape for m in members}
   if len(shapes) != 1:
@@ -175,10 +186,7 @@ def make_group_maximizer(model: ModelFns, params, members: Sequence[Module], n: 
   leaf_ids = [m.leaf_index for m in members]
   bs = min(settings.batch_size, n)
   nb = math.ceil(n / bs)
-  pad = nb * bs - n
-  mask_all = jnp.concatenate([jnp.ones((n,), jnp.float32), jnp.zeros((pad,), jnp.float32)])
-  mask_b = mask_all.reshape(nb, bs)
-  counts = jnp.maximum(jnp.sum(mask_b, 1), 1.0)
+  bounds = [(i * bs, min(n, (i + 1) * bs)) for i in range(nb)]
 
   def perturbed(leaves, index, delta):
     new = list(leaves)
@@ -186,59 +194,62 @@ def make_group_maximizer(model: ModelFns, params, members: Sequence[Module], n: 
       new[li] = leaves[li] + jnp.where(index == k, delta, jnp.zeros_like(delta))
     return jax.tree.unflatten(treedef, new)
 
-  def batched(x, y, order):
-    xs = jnp.concatenate([x[order], jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-    ys = jnp.concatenate([y[order], jnp.zeros((pad,), y.dtype)])
-    return xs.reshape((nb, bs) + x.shape[1:]), ys.reshape(nb, bs)
-
-  def maximize(params, batch_stats, index, x, y, key):
+  def selected(params, index):
     leaves = jax.tree.leaves(params)
     w = jnp.stack([leaves[li] for li in leaf_ids])[index]
-    w_norm = jnp.sqrt(jnp.sum(jnp.square(w)))
-    xb_fixed, yb_fixed = batched(x, y, jnp.arange(n))
+    return leaves, w, jnp.sqrt(jnp.sum(jnp.square(w)))
 
-    def evaluate(delta):
-      p = perturbed(leaves, index, delta)
+  def loss_and_acc(leaves, batch_stats, index, delta, x, y):
+    p = perturbed(leaves, index, delta)
+    s = c = jnp.float32(0)
+    for lo, hi in bounds:  # the last batch may be smaller, as a DataLoader's.
+      ds, dc = _ce_sum_and_correct(model, p, batch_stats, x[lo:hi], y[lo:hi],
+                                   jnp.ones((hi - lo,), jnp.float32))
+      s, c = s + ds, c + dc
+    return s / n, c / n
 
-      def body(i, acc):
-        s, c = _ce_sum_and_correct(model, p, batch_stats, xb_fixed[i], yb_fixed[i], mask_b[i])
-        return acc[0] + s, acc[1] + c
+  @jax.jit
+  def evaluate(params, batch_stats, index, x, y):
+    leaves, w, _ = selected(params, index)
+    return loss_and_acc(leaves, batch_stats, index, jnp.zeros_like(w), x, y)
 
-      s, c = jax.lax.fori_loop(0, nb, body, (jnp.float32(0), jnp.float32(0)))
-      return s / n, c / n
+  @jax.jit
+  def epoch(params, batch_stats, index, x, y, key, delta, max_loss, acc_at_max):
+    leaves, _, w_norm = selected(params, index)
+    if settings.shuffle:
+      order = jax.random.permutation(key, n)
+      xs, ys = x[order], y[order]
+    else:
+      xs, ys = x, y
+    for lo, hi in bounds:
+      def mean_ce(d, lo=lo, hi=hi):
+        s, _ = _ce_sum_and_correct(model, perturbed(leaves, index, d), batch_stats,
+                                   xs[lo:hi], ys[lo:hi], jnp.ones((hi - lo,), jnp.float32))
+        return s / (hi - lo)
 
-    def epoch(e, carry):
-      delta, max_loss, acc_at_max = carry
-      order = (jax.random.permutation(jax.random.fold_in(key, e), n) if settings.shuffle
-               else jnp.arange(n))
-      xb, yb = batched(x, y, order)
-
-      def step(i, delta):
-        def mean_ce(d):
-          s, _ = _ce_sum_and_correct(model, perturbed(leaves, index, d), batch_stats, xb[i],
-                                     yb[i], mask_b[i])
-          return s / counts[i]
-
-        # SGD (lr = step_size) on -CE: the weight moves up the CE gradient.
-        delta = delta + settings.step_size * jax.grad(mean_ce)(delta)
-        if settings.project == "step":
-          delta = _project(delta, w_norm, settings.xi)
-        return delta
-
-      delta = jax.lax.fori_loop(0, nb, step, delta)
-      delta = _project(delta, w_norm, settings.xi)
-      loss, acc = evaluate(delta)
-      better = loss > max_loss
-      return delta, jnp.where(better, loss, max_loss), jnp.where(better, acc, acc_at_max)
-
-    base_loss, base_acc = evaluate(jnp.zeros_like(w))
-    init = (jnp.zeros_like(w), jnp.float32(0), jnp.float32(0))  # official: max_loss = 0.
-    delta, max_loss, acc_at_max = jax.lax.fori_loop(0, settings.num_epochs, epoch, init)
+      # SGD (lr = step_size) on -CE: the weight moves up the CE gradient.
+      delta = delta + settings.step_size * jax.grad(mean_ce)(delta)
+      if settings.project == "step":
+        delta = _project(delta, w_norm, settings.xi)
+    delta = _project(delta, w_norm, settings.xi)
+    loss, acc = loss_and_acc(leaves, batch_stats, index, delta, x, y)
+    better = loss > max_loss
     rel = jnp.sqrt(jnp.sum(jnp.square(delta))) / w_norm
-    return dict(max_loss=max_loss, acc_at_max=acc_at_max, base_loss=base_loss,
-                base_acc=base_acc, rel_norm=rel)
+    return delta, jnp.where(better, loss, max_loss), jnp.where(better, acc, acc_at_max), rel
 
-  return jax.jit(maximize)
+  def maximize(params, batch_stats, index, x, y, key):
+    index = jnp.asarray(index, jnp.int32)
+    base_loss, base_acc = evaluate(params, batch_stats, index, x, y)
+    delta = jnp.zeros(members[0].shape, jax.tree.leaves(params)[leaf_ids[0]].dtype)
+    max_loss = acc = rel = jnp.float32(0)  # official: max_loss = 0, min_acc = 0.
+    for e in range(settings.num_epochs):
+      delta, max_loss, acc, rel = epoch(params, batch_stats, index, x, y,
+                                        jax.random.fold_in(key, e), delta, max_loss, acc)
+    return dict(max_loss=max_loss, acc_at_max=acc, base_loss=base_loss, base_acc=base_acc,
+                rel_norm=rel)
+
+  maximize.jitted = (evaluate, epoch)
+  return maximize
 
 
 def mrc_sweep(model: ModelFns, params, batch_stats, x_adv, y, modules: Sequence[Module],

@@ -131,7 +131,7 @@ def test_one_compilation_per_kernel_shape():
   fn = make_group_maximizer(model, params, mods, len(y), MRCSettings(batch_size=8, num_epochs=1))
   a = fn(params, bs, 0, jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0))
   b = fn(params, bs, 1, jnp.asarray(x), jnp.asarray(y), jax.random.PRNGKey(0))
-  assert fn._cache_size() == 1  # pylint: disable=protected-access
+  assert [f._cache_size() for f in fn.jitted] == [1, 1]  # pylint: disable=protected-access
   assert float(a["max_loss"]) == pytest.approx(float(a["base_loss"]))  # 'unused'.
   assert float(b["max_loss"]) > float(b["base_loss"])  # 'used'.
   with pytest.raises(ValueError, match="share a kernel shape"):
