@@ -76,8 +76,61 @@ def _num_bisect_steps(n: int) -> int:
   return int(math.ceil(math.log2(n))) if n > 1 else 0
 
 
+_LINF_BISECT_STEPS = 40  # halvings of [0, max room]: below float32 resolution after ~25.
+
+
 def _projection_linf(t, w, b):
-  """L-inf projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`."""
+  """L-inf projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`.
+
+  Same solution as the reference's ``projection_linf``, found without sorting
+  (XLA:CPU's sort of a ``[250, 3072]`` array took ~0.25 s, more than the rest
+  of a FAB step): with radius ``lam`` every coordinate moves ``min(lam,
+  room_i)`` towards the box corner that decreases ``<w, z>``, which changes
+  ``<w, z>`` by ``-g(lam)``, ``g(lam) = sum_i |w_i| min(lam, room_i)``
+  (piecewise linear, increasing). ``lam`` is bracketed by bisection on its
+  value and then solved exactly on the bracket's segment: ``lam = (c - sum_{room
+  <= lo} |w| room) / sum_{room > lo} |w|`` for the needed change ``c``. Rows
+  that cannot reach the hyperplane inside the box move every coordinate to the
+  corner, as the reference does. Computed in float32 at least.
+  """
+  dtype = t.dtype
+  ct = jnp.promote_types(dtype, jnp.float32)
+  t, w, b = t.astype(ct), w.astype(ct), b.astype(ct)
+  # Orient the hyperplane so that t lies on its non-negative side.
+  sign = jnp.where(jnp.sum(w * t, axis=1) - b >= 0, 1, -1).astype(ct)
+  w = w * sign[:, None]
+  b = b * sign
+  nonzero = w != 0
+  a = (w < 0).astype(ct)                            # corner minimising <w, z>
+  d_full = jnp.where(nonzero, a - t, 0)
+  room = jnp.where(nonzero, jnp.abs(a - t), 0)
+  aw = jnp.abs(w)
+  need = jnp.sum(w * t, axis=1) - b                 # >= 0: decrease of <w, z> needed
+  reach = jnp.sum(aw * room, axis=1)                # the largest decrease inside the box
+  feasible = need <= reach
+
+  def g(lam):
+    return jnp.sum(aw * jnp.minimum(lam[:, None], room), axis=1)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = 0.5 * (lo + hi)
+    short = g(mid) < need
+    return jnp.where(short, mid, lo), jnp.where(short, hi, mid)
+
+  lo, _ = jax.lax.fori_loop(0, _LINF_BISECT_STEPS, body,
+                            (jnp.zeros_like(need), jnp.max(room, axis=1)))
+  clipped = room <= lo[:, None]
+  lam = _safe_div(need - jnp.sum(jnp.where(clipped, aw * room, 0), axis=1),
+                  jnp.sum(jnp.where(clipped, 0, aw), axis=1))
+  lam = jnp.maximum(lam, 0)[:, None]
+  d_box = jnp.minimum(lam, d_full) * a + jnp.maximum(-lam, d_full) * (1 - a)
+  d = jnp.where(feasible[:, None], d_box, d_full)
+  return jnp.where(nonzero, d, 0).astype(dtype)
+
+
+def _projection_linf_sorted(t, w, b):
+  """The reference's sort-based L-inf projection (kept to test :func:`_projection_linf`)."""
   n_rows, dim = t.shape
   # Orient the hyperplane so that t lies on its non-negative side: the solution
   # then moves every coordinate towards the box corner ``a`` minimising <w, z>.

@@ -423,3 +423,19 @@ def test_fab_registry_and_bad_arguments():
     with pytest.raises(ValueError):
       fab(lambda v: v.reshape(v.shape[0], -1), jax.random.PRNGKey(0), jnp.zeros((1, 2, 1, 1)),
           jnp.zeros((1,), jnp.int32), **kwargs)
+
+
+def test_sort_free_linf_projection_equals_the_sort_based_reference():
+  """The bisection form gives the reference's (sort-based) L-inf projection."""
+  from jaxrobust.attacks._fab import _projection_linf, _projection_linf_sorted
+  gen = np.random.default_rng(7)
+  t = gen.uniform(size=(64, 50)).astype(np.float32)
+  w = gen.normal(size=(64, 50)).astype(np.float32)
+  w[::7, :10] = 0  # zero normals on some coordinates.
+  # Offsets from "barely moved" to "box active" to "unreachable".
+  b = (np.sum(w * t, 1) + gen.normal(size=64) * np.linspace(0.01, 30, 64)).astype(np.float32)
+  ours = np.asarray(jax.jit(_projection_linf)(jnp.asarray(t), jnp.asarray(w), jnp.asarray(b)))
+  ref = np.asarray(jax.jit(_projection_linf_sorted)(jnp.asarray(t), jnp.asarray(w),
+                                                    jnp.asarray(b)))
+  np.testing.assert_allclose(ours, ref, atol=2e-5)
+  assert np.all((t + ours >= -1e-6) & (t + ours <= 1 + 1e-6))
