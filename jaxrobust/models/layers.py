@@ -1,8 +1,13 @@
 """Shared layers: in-model normalisation and PyTorch-equivalent defaults."""
 from __future__ import annotations
 
+import functools
+import os
+
+import jax
 import jax.numpy as jnp
 from flax import nnx
+from jax import lax
 
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
@@ -30,13 +35,85 @@ class Normalize(nnx.Module):
     return (x - jnp.asarray(self.mean, x.dtype)) / jnp.asarray(self.std, x.dtype)
 
 
+ENV_CPU_CONV_VJP = "JAXROBUST_CPU_CONV_VJP"
+_NHWC_HWIO = lax.conv_dimension_numbers((1, 1, 1, 1), (1, 1, 1, 1), ("NHWC", "HWIO", "NHWC"))
+
+
+def _nhwc_conv(x, w, strides, padding, rhs_dilation, precision, kernel_spec="HWIO"):
+  return lax.conv_general_dilated(x, w, strides, padding, rhs_dilation=rhs_dilation,
+                                  dimension_numbers=("NHWC", kernel_spec, "NHWC"),
+                                  precision=precision)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4, 5))
+def _cpu_conv(x, w, strides, padding, rhs_dilation, precision):
+  return _nhwc_conv(x, w, strides, padding, rhs_dilation, precision)
+
+
+def _cpu_conv_fwd(x, w, strides, padding, rhs_dilation, precision):
+  return _nhwc_conv(x, w, strides, padding, rhs_dilation, precision), (x, w)
+
+
+def _cpu_conv_bwd(strides, padding, rhs_dilation, precision, res, g):
+  x, w = res
+  # The same convolution with the kernel stored as HWOI: JAX's transpose rule
+  # swaps the kernel's I/O roles, so the input gradient gets a canonical HWIO
+  # kernel instead of the I/O-swapped one it gets from the plain rule.
+  w_oi = jnp.swapaxes(w, 2, 3)
+  _, vjp_x = jax.vjp(
+      lambda xx: _nhwc_conv(xx, w_oi, strides, padding, rhs_dilation, precision, "HWOI"), x)
+  _, vjp_w = jax.vjp(lambda ww: _nhwc_conv(x, ww, strides, padding, rhs_dilation, precision), w)
+  return vjp_x(g)[0], vjp_w(g)[0]
+
+
+_cpu_conv.defvjp(_cpu_conv_fwd, _cpu_conv_bwd)
+
+
+def conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count=1,
+                         precision=None, **kwargs):
+  """``lax.conv_general_dilated`` with an input gradient that stays fast on XLA:CPU.
+
+  JAX's gradient of an NHWC/HWIO convolution w.r.t. its input is a convolution
+  with an I/O-swapped (HWOI) kernel. XLA:CPU rewrites such a convolution into
+  its fast (Eigen) form only in the entry computation (``ConvCanonicalization``
+  visits nothing else); inside a ``while`` body -- a ``fori_loop``/``scan``
+  attack loop such as PGD with ``unroll < num_steps``, restarts, APGD, FAB --
+  it runs a naive loop-nest convolution instead, which made a PGD step there
+  ~2.6x slower (BENCHMARKS.md). On the CPU backend, 2-D NHWC/HWIO
+  convolutions without groups or input dilation therefore get a custom VJP
+  whose input gradient uses a canonical HWIO kernel. Values and gradients are
+  those of ``lax.conv_general_dilated``; other cases and backends call it
+  unchanged. (A ``custom_vjp`` has no forward-mode derivative: ``jax.jvp``
+  through such a convolution raises.) ``JAXROBUST_CPU_CONV_VJP=0`` (read when
+  a function is traced) turns this off, for comparisons.
+  """
+  fast = (os.environ.get(ENV_CPU_CONV_VJP, "1") != "0"
+          and jax.default_backend() == "cpu" and lhs.ndim == 4 and feature_group_count == 1
+          and kwargs.get("batch_group_count", 1) == 1
+          and kwargs.get("preferred_element_type") is None
+          and kwargs.get("out_sharding") is None
+          and (lhs_dilation is None or all(d == 1 for d in lhs_dilation))
+          and dimension_numbers == _NHWC_HWIO)
+  if not fast:
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision, **kwargs)
+  pad = padding if isinstance(padding, str) else tuple(tuple(p) for p in padding)
+  dil = (1, 1) if rhs_dilation is None else tuple(rhs_dilation)
+  return _cpu_conv(lhs, rhs, tuple(window_strides), pad, dil, precision)
+
+
 def conv(cin, cout, k, stride=1, *, rngs, padding=None, bias=False, dtype=None, groups=1):
-  """Conv with PyTorch's ``padding=k//2`` default and He-normal (fan_out) init."""
+  """Conv with PyTorch's ``padding=k//2`` default and He-normal (fan_out) init.
+
+  Uses :func:`conv_general_dilated` (fast input gradients in XLA:CPU loops).
+  """
   pad = [(k // 2, k // 2)] * 2 if padding is None else padding
   return nnx.Conv(cin, cout, (k, k), strides=stride, padding=pad, use_bias=bias,
                   feature_group_count=groups, dtype=dtype,
                   kernel_init=nnx.initializers.variance_scaling(2.0, "fan_out", "normal"),
-                  rngs=rngs)
+                  conv_general_dilated=conv_general_dilated, rngs=rngs)
 
 
 def batch_norm(c, *, rngs, dtype=None):
