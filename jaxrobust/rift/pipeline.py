@@ -280,7 +280,7 @@ def run_rift(config, workdir: str) -> dict:
     ood = _ood_accuracy(clean_step, p, bs, test_ood, bsz, mesh)
     row["ood"] = None if ood is None else ood["mean"]
     row["ood_per_set"] = None if ood is None else ood["per_set"]
-    if config.eval.autoattack_examples > 0:
+    if config.eval.autoattack_examples > 0 and label != "finetuned":  # AA: before / after.
       n = min(config.eval.autoattack_examples, len(test))
       sub = test.take(slice(0, n))
       eps = config.eval.test_attack["eps"]
@@ -310,20 +310,61 @@ def run_rift(config, workdir: str) -> dict:
       "ood_source": ood_label, "seconds": timings,
   }
   _write_json(os.path.join(workdir, "report.json"), report)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "report.md"), "w", encoding="utf-8") as f:
+      f.write(markdown_report(report))
   _print_summary(report)
   return report
+
+
+def markdown_report(report: dict) -> str:
+  """The MRC ranking, re-initialisation table and test table of a report as Markdown."""
+  out = [f"# RiFT on {report['model']} ({report['at_workdir']}, step {report['at_step']})", "",
+         f"Fine-tuned module: `{report['module']}` ({report['module_selected_by']}); "
+         f"alpha = {report['interpolation']['chosen']['alpha']}.", "",
+         "| module | kernel | MRC | robust acc. drop (pp) |", "| --- | --- | --- | --- |"]
+  for r in sorted(report["mrc"]["modules"], key=lambda r: r["mrc"]):
+    out.append(f"| `{r['name']}` | {'x'.join(map(str, r['shape']))} | {r['mrc']:.4f} | "
+               f"{100 * r['acc_drop']:.1f} |")
+  if report.get("reinit"):
+    base = report["reinit"]["baseline"]
+    out += ["", f"Re-initialisation (validation; trained model: clean {100 * base['clean']:.1f} %,"
+            f" robust {100 * base['robust']:.1f} %):", "",
+            "| module | mode | clean | robust |", "| --- | --- | --- | --- |"]
+    for r in report["reinit"]["rows"]:
+      out.append(f"| `{r['module']}` | {r['mode']} | {100 * r['clean']:.1f} | "
+                 f"{100 * r['robust']:.1f} |")
+  out += ["", f"Test (`test[:{report['test_size']}]`):", "",
+          "| model | alpha | clean | robust | OOD | AutoAttack |", "| --- | --- | --- | --- | --- | --- |"]
+  for label in ("at", "rift", "finetuned"):
+    r = report["test"][label]
+    out.append(f"| {label} | {r['alpha']} | {_fmt(r['clean'])} | {_fmt(r['robust'])} | "
+               f"{_fmt(r['ood'])} | {_fmt(r.get('autoattack'))} |")
+  if report["ood_source"]:
+    out += ["", f"OOD source: {', '.join(report['ood_source'])}."]
+  return "\n".join(out) + "\n"
 
 
 def _fmt(v):
   return "   -  " if v is None else f"{100 * v:6.2f}"
 
 
+def _print_reinit(report: dict) -> list[str]:
+  if not report.get("reinit"):
+    return []
+  lines = ["re-initialisation (validation)   clean   robust"]
+  for r in report["reinit"]["rows"]:
+    lines.append(f"  {r['module']:<20s} {r['mode']:<9s} {_fmt(r['clean'])}  {_fmt(r['robust'])}")
+  return lines
+
+
 def _print_summary(report: dict) -> None:
   if jax.process_index() != 0:
     return
-  lines = [f"RiFT: fine-tuned module {report['module']} ({report['module_selected_by']}), "
-           f"alpha = {report['interpolation']['chosen']['alpha']}",
-           f"test[:{report['test_size']}]        clean   robust     OOD      AA"]
+  lines = _print_reinit(report) + [
+      f"RiFT: fine-tuned module {report['module']} ({report['module_selected_by']}), "
+      f"alpha = {report['interpolation']['chosen']['alpha']}",
+      f"test[:{report['test_size']}]        clean   robust     OOD      AA"]
   for label in ("at", "rift", "finetuned"):
     r = report["test"][label]
     lines.append(f"  {label:<9s} a={r['alpha']:<4}  {_fmt(r['clean'])}  {_fmt(r['robust'])}  "

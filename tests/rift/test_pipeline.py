@@ -97,6 +97,8 @@ def test_cli_runs_end_to_end_and_writes_report_and_plots(at_run, tmp_path, repo_
   assert report["reinit"]["rows"] and {r["mode"] for r in report["reinit"]["rows"]} == {
       "reinit", "rerandom"}
   assert "generated" in report["ood_source"][0] or "cifar10_corrupted" in report["ood_source"][0]
+  md = (out / "report.md").read_text()
+  assert f"Fine-tuned module: `{lowest}`" in md and "| reinit |" in md
   for png in ("mrc.png", "interpolation.png"):
     assert (out / png).stat().st_size > 1000
   assert jax.device_count() == 8  # conftest's forced devices were in effect in this process.
