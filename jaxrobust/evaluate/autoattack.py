@@ -256,6 +256,9 @@ def _load_state(state_dir, expect):
   return meta, robust, x_adv
 
 
+PAD_QUANTUM = 32  # rows: short chunks are padded to a multiple of this (and of the mesh size).
+
+
 def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
                    AutoAttackSettings, *, batch_size: int = 250, mesh=None, seed: int = 0,
                    state_dir: str | None = None, progress: bool = True) -> AutoAttackResult:
@@ -267,7 +270,9 @@ def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
     x: float32 ``[N, H, W, C]`` in [0, 1] (or uint8 0..255).
     y: int ``[N]`` labels.
     settings: from :meth:`AutoAttackSettings.for_version`.
-    batch_size: attack batch (sharded over ``mesh``'s ``data`` axis).
+    batch_size: attack batch (sharded over ``mesh``'s ``data`` axis); a
+      shorter chunk of still-robust points is padded only to the next multiple
+      of :data:`PAD_QUANTUM` (rounded to the mesh size).
     mesh: a ``('data',)`` mesh; None = a single device.
     seed: base seed; attack ``a``'s pass ``p`` on chunk ``c`` uses
       ``fold_in(fold_in(fold_in(key(seed), a), p), c)``.
@@ -298,10 +303,17 @@ def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
 
   predict = jax.jit(lambda xb: jnp.argmax(logits_fn(xb), -1))
 
+  n_dev = 1 if mesh is None else mesh.devices.size
+  quantum = n_dev * -(-PAD_QUANTUM // n_dev)
+
   def batches(idx):
+    # A short (last or only) chunk is padded to a multiple of `quantum`, not to the full
+    # batch: later attacks see only the still-robust points, often far fewer than a batch,
+    # and padding rows cost as much as real ones. Each distinct size compiles once.
     for lo in range(0, len(idx), batch_size):
       chunk = idx[lo:lo + batch_size]
-      pad = np.concatenate([chunk, np.full(batch_size - len(chunk), chunk[0])])
+      size = min(batch_size, quantum * -(-len(chunk) // quantum))
+      pad = np.concatenate([chunk, np.full(size - len(chunk), chunk[0])])
       yield lo // batch_size, chunk, pad
 
   def predict_all(xs):
