@@ -64,7 +64,7 @@ import numpy as np
 import tqdm
 from PIL import Image
 
-from jaxrobust.data.sources import ArrayDataset
+from jaxrobust.data.sources import ArrayDataset, read_records
 from jaxrobust.errors import ConfigError, DataError
 
 log = logging.getLogger("jaxrobust")
@@ -332,12 +332,7 @@ def _from_tfds(base: ArrayDataset, corruption: str, severity: int,
     n = len(base)
     if len(src) < n:
       raise ValueError(f"it has {len(src)} images, fewer than the {n} asked for")
-    images = np.empty((n, 32, 32, 3), np.uint8)
-    labels = np.empty((n,), np.int32)
-    for i in range(n):
-      item = src[i]
-      images[i] = item["image"]
-      labels[i] = item["label"]
+    images, labels = read_records(src, n)
   except Exception as e:  # tfds raises many different types offline.
     raise DataError(
         f"TFDS could not provide the official CIFAR-10-C set {name} ({type(e).__name__}: "

@@ -126,21 +126,26 @@ def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None = None
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
     src = tfds.data_source(name, split=split, data_dir=data_dir, download=True)
-    n = len(src)
-    first = src[0]
-    images = np.empty((n,) + np.asarray(first["image"]).shape, np.uint8)
-    labels = np.empty((n,), np.int32)
-    for i in range(n):
-      item = src[i]
-      images[i] = item["image"]
-      labels[i] = item["label"]
+    images, labels = read_records(src, len(src))
   except Exception as e:  # tfds raises many different types offline.
     raise DataError(
         f"TFDS could not provide {name}:{split} ({type(e).__name__}: {e}). On a "
         f"machine without internet use config.data.source='numpy' with the "
         f"bundled .npz files, or prepare the dataset with `tfds build {name} "
         f"--file_format=array_record` where it can be downloaded") from e
-  return ArrayDataset(images, labels, np.ones(n, bool), name)
+  return ArrayDataset(images, labels, np.ones(len(labels), bool), name)
+
+
+def read_records(src, n: int) -> tuple[np.ndarray, np.ndarray]:
+  """The first ``n`` ``{'image', 'label'}`` records of a TFDS data source as arrays."""
+  shape = np.asarray(src[0]["image"]).shape
+  images = np.empty((n,) + shape, np.uint8)
+  labels = np.empty((n,), np.int32)
+  for i in range(n):
+    item = src[i]
+    images[i] = item["image"]
+    labels[i] = item["label"]
+  return images, labels
 
 
 def load_split(name: str, split: str, source: str = "numpy",
