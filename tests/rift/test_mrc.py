@@ -204,3 +204,17 @@ def test_module_regex_selects_exactly_the_module():
   assert chosen == ["convs.1.kernel"]
   with pytest.raises(ConfigError, match="matches no parameter"):
     select_leaves(params, module_regex(["convs.7"]))
+
+
+@pytest.mark.parametrize("arg", [None, "local", "smoke"])
+def test_rift_config_variants_validate(arg):
+  from jaxrobust.rift import validate_rift_config
+  from tests.train.helpers import load_config
+  c = load_config("cifar10_rift", arg)
+  with pytest.raises(ConfigError, match="at_workdir"):
+    validate_rift_config(c)
+  c.at_workdir = "runs/x"
+  validate_rift_config(c)
+  c.mrc.split = "train"
+  with pytest.raises(ConfigError, match="mrc.split"):
+    validate_rift_config(c)
