@@ -411,12 +411,12 @@ def run_torch(args) -> dict:
     m = _LOG_AFTER.search(s)
     if m:
       name = m.group(1).lower()
-      ra[name] = float(m.group(2)) / 100.0
+      ra[name] = round(float(m.group(2)) / 100.0 * len(x)) / len(x)  # the log rounds
       secs[name] = round(float(m.group(3)) - prev, 2)
       prev = float(m.group(3))
     m = re.search(r"initial accuracy: ([0-9.]+)%", s)
     if m:
-      clean = float(m.group(1)) / 100.0
+      clean = round(float(m.group(1)) / 100.0 * len(x)) / len(x)
   return dict(
       impl="torch (fra31/auto-attack)", aa_path=os.path.abspath(args.aa_path),
       aa_commit=_git_head(args.aa_path), aa_module=os.path.abspath(aa_mod.__file__),
