@@ -5,14 +5,16 @@ Subpackages: ``attacks`` (FGSM, PGD), ``methods`` (standard, PGD-AT, FGSM-AT),
 ``data``, ``train``, ``evaluate``, plus ``checkpoint`` and ``parallel``.
 
 On CPU the library adds its measured-best XLA:CPU flags to ``XLA_FLAGS`` when
-it is imported before JAX (see :mod:`jaxrobust.cli` and BENCHMARKS.md); set
-``JAXROBUST_XLA_DEFAULTS=0`` to opt out. Flags already in ``XLA_FLAGS`` win.
+it is imported before JAX's backend starts -- after ``import jax`` is fine,
+after the first JAX computation is too late and warns (see
+:mod:`jaxrobust.cli` and BENCHMARKS.md). Set ``JAXROBUST_XLA_DEFAULTS=0`` to
+opt out. Flags already in ``XLA_FLAGS`` win.
 """
-import os as _os
-import sys as _sys
+from jaxrobust.cli import apply_cpu_defaults as _apply_cpu_defaults
 
-if "jax" not in _sys.modules and _os.environ.get("JAXROBUST_XLA_DEFAULTS", "1") != "0":
-  from jaxrobust.cli import apply_cpu_defaults as _apply
-  _apply()
+if not _apply_cpu_defaults():
+  from jaxrobust.cli import warn_if_cpu_defaults_missing as _warn
+
+  _warn()
 
 __version__ = "0.1.0"

@@ -11,15 +11,65 @@ import sys
 CPU_XLA_FLAGS = ("--xla_cpu_experimental_ynn_fusion_type=",)
 
 
-def apply_cpu_defaults() -> None:
-  """Adds the library's default XLA:CPU flags to ``XLA_FLAGS`` (before jax import)."""
-  flags = os.environ.get("XLA_FLAGS", "")
-  for flag in CPU_XLA_FLAGS:
-    name = flag.split("=")[0]
-    if name not in flags:
-      flags = f"{flags} {flag}".strip()
-  if flags:
-    os.environ["XLA_FLAGS"] = flags
+ENV_XLA_DEFAULTS = "JAXROBUST_XLA_DEFAULTS"
+
+
+def xla_backends_initialised() -> bool:
+  """True once JAX has created its XLA client(s); XLA_FLAGS are read then, once.
+
+  ``import jax`` alone does not create a client, so flags set after it still
+  take effect. Uses JAX's private backend cache; if that moves, this answers
+  True (the conservative side: flags are then left alone).
+  """
+  if "jax" not in sys.modules:
+    return False
+  try:
+    from jax._src import xla_bridge  # pylint: disable=g-import-not-at-top
+    return bool(xla_bridge._backends)  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    return True
+
+
+def missing_cpu_defaults(flags: str | None = None) -> list[str]:
+  """The library's CPU flags not already named in ``flags`` (default: ``$XLA_FLAGS``)."""
+  flags = os.environ.get("XLA_FLAGS", "") if flags is None else flags
+  return [f for f in CPU_XLA_FLAGS if f.split("=")[0] not in flags]
+
+
+def apply_cpu_defaults() -> bool:
+  """Adds the library's default XLA:CPU flags to ``XLA_FLAGS``.
+
+  Effective only before JAX creates its backend (the first computation or
+  ``jax.devices()``), which is also after ``import jax``. Flags the user set
+  win; ``JAXROBUST_XLA_DEFAULTS=0`` opts out.
+
+  Returns:
+    True if the defaults are in effect (or were not wanted), False if the
+    backend already exists without them (see :func:`warn_if_cpu_defaults_missing`).
+  """
+  if os.environ.get(ENV_XLA_DEFAULTS, "1") == "0":
+    return True
+  missing = missing_cpu_defaults()
+  if not missing:
+    return True
+  if xla_backends_initialised():
+    return False
+  os.environ["XLA_FLAGS"] = " ".join([os.environ.get("XLA_FLAGS", "")] + missing).strip()
+  return True
+
+
+def warn_if_cpu_defaults_missing() -> None:
+  """Warns (once) when JAX's CPU backend started before the defaults were set."""
+  import warnings  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.default_backend() != "cpu":
+    return
+  warnings.warn(
+      "jaxrobust: JAX's CPU backend was started before jaxrobust could add its XLA:CPU "
+      f"flags ({' '.join(missing_cpu_defaults())}); convolutions can run ~2x slower "
+      "(BENCHMARKS.md). Import jaxrobust before running any JAX computation, or put the "
+      "flags in XLA_FLAGS yourself; JAXROBUST_XLA_DEFAULTS=0 silences this.",
+      RuntimeWarning, stacklevel=3)
 
 
 def run_main(main, argv=None, schema=None) -> None:
