@@ -74,6 +74,15 @@ XLA_VARIANTS = {
     "fast_math": f"{YNN_OFF} --xla_cpu_enable_fast_math=true",
     "single_thread_eigen": f"{YNN_OFF} --xla_cpu_multi_thread_eigen=false",
     "vector_width_512": f"{YNN_OFF} --xla_cpu_prefer_vector_width=512",
+    "xnn_off": f"{YNN_OFF} --xla_cpu_experimental_xnn_fusion_type=",
+    "xnn_graph_greedy": (f"{YNN_OFF} --xla_cpu_experimental_xnn_graph_fusion_mode="
+                         "XNN_GRAPH_FUSION_MODE_GREEDY"),
+    "onednn_fusion": (f"{YNN_OFF} --xla_cpu_use_onednn=true "
+                      "--xla_cpu_experimental_onednn_fusion_type=dot,eltwise"),
+    "concurrency_scheduler": (f"{YNN_OFF} --xla_cpu_scheduler_type="
+                              "CPU_SCHEDULER_TYPE_CONCURRENCY_OPTIMIZED"),
+    "preset_fast_runtime": f"{YNN_OFF} --xla_cpu_opt_preset=CPU_OPT_PRESET_FAST_RUNTIME",
+    "max_isa_avx2": f"{YNN_OFF} --xla_cpu_max_isa=AVX2",
 }
 
 

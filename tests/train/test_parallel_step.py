@@ -28,17 +28,26 @@ def _run(num_devices, method_cfg, steps=2, ema=0.0):
   return jax.device_get(state), metrics
 
 
-@pytest.mark.parametrize("method", [
-    dict(name="standard"),
-    dict(name="pgd_at", attack=dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=2),
-         attack_bn="train"),
+# The L-inf attack steps along sign(grad): a pixel whose gradient is ~0 can
+# flip sign when sharding reorders a floating-point sum (XLA:CPU's convolution
+# blocks by the per-device batch), which moves x_adv by a whole step there and
+# the first conv's gradient by up to ~5 % at this batch of 16. The L2 step is
+# continuous in the gradient, so L2 PGD-AT (same sharded attack, train-mode BN,
+# SGD and EMA code) is held to float tolerance; for L-inf the losses must agree.
+@pytest.mark.parametrize("method,compare_state", [
+    (dict(name="standard"), True),
+    (dict(name="pgd_at", attack=dict(name="pgd", norm="l2", eps=0.5, step_size=0.125,
+                                     num_steps=2), attack_bn="train"), True),
+    (dict(name="pgd_at", attack=dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=2),
+          attack_bn="train"), False),
 ])
-def test_one_device_equals_eight(method):
+def test_one_device_equals_eight(method, compare_state):
   assert jax.device_count() == 8, "conftest forces 8 CPU devices"
   s1, m1 = _run(1, method, ema=0.9)
   s8, m8 = _run(8, method, ema=0.9)
-  for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
+  if compare_state:
+    for a, b in zip(jax.tree.leaves(s1), jax.tree.leaves(s8)):
+      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-5)
   for a, b in zip(m1, m8):
     np.testing.assert_allclose(a["loss"], b["loss"], rtol=1e-4)
   # The step really trained: parameters moved, BN statistics updated.
