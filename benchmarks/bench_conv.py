@@ -199,7 +199,7 @@ def _child(framework, args):
 
 def table(results, batch):
   peak = results["jax"]["sgemm"]["4096"] if "jax" in results else None
-  lines = [f"SGEMM peak (4096^2, GFLOP/s): " + ", ".join(
+  lines = ["SGEMM peak (4096^2, GFLOP/s): " + ", ".join(
       f"{k} {v['sgemm']['4096']:.0f}" for k, v in results.items()), "",
            "| layer (HxW, C) | impl | fwd ms | fwd+dx ms | fwd+dx+dw ms | fwd GFLOP/s | "
            "fwd+dx GFLOP/s | fwd+dx+dw GFLOP/s | fwd+dx % of peak | rel. err |",
