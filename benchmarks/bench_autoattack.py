@@ -66,54 +66,25 @@ STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
 # install of another copy registered.
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import busy_cpu_s, cpu_model, cpu_threads, own_cpu_s  # noqa: E402
 
 
 # ----------------------------------------------------------------------------
 # Machine information and load
 # ----------------------------------------------------------------------------
 
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except (OSError, subprocess.CalledProcessError):
-    pass
-  return platform.processor() or "unknown"
-
-
-def cpu_threads() -> int:
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:
-    return os.cpu_count() or 1
-
-
-def _busy_cpu_s() -> float:
-  """CPU-seconds all processes have spent busy since boot (Linux /proc/stat)."""
-  with open("/proc/stat", encoding="ascii") as f:
-    vals = [int(v) for v in f.readline().split()[1:]]
-  idle = vals[3] + (vals[4] if len(vals) > 4 else 0)
-  return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-  t = os.times()
-  return t.user + t.system + t.children_user + t.children_system
-
-
 class LoadMeter:
   """CPU-seconds used by other processes while the block runs."""
 
   def __enter__(self):
-    self.t0, self.b0, self.o0 = time.time(), _busy_cpu_s(), _own_cpu_s()
+    self.t0, self.b0, self.o0 = time.time(), busy_cpu_s(), own_cpu_s(children=True)
     return self
 
   def __exit__(self, *exc):
     wall = time.time() - self.t0
-    self.own_cpu_s = _own_cpu_s() - self.o0
-    self.foreign_cpu_s = max(0.0, _busy_cpu_s() - self.b0 - self.own_cpu_s)
+    self.own_cpu_s = own_cpu_s(children=True) - self.o0
+    self.foreign_cpu_s = max(0.0, busy_cpu_s() - self.b0 - self.own_cpu_s)
     self.foreign_load = self.foreign_cpu_s / max(wall * (os.cpu_count() or 1), 1e-9)
 
 

@@ -56,6 +56,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import busy_cpu_s, cpu_model, cpu_threads, own_cpu_s  # noqa: E402
+
 # XLA:CPU flag variants for ``--xla-variants``. ``None``: jaxrobust's own
 # defaults (``jaxrobust.cli.CPU_XLA_FLAGS``, applied on import). A string is
 # used as the whole of XLA_FLAGS with jaxrobust's defaults switched off, so
@@ -86,43 +89,11 @@ XLA_VARIANTS = {
 }
 
 
-def cpu_threads() -> int:
-  """CPUs this process may run on: the size of XLA:CPU's intra-op pool."""
-  try:
-    return len(os.sched_getaffinity(0))
-  except AttributeError:  # not Linux.
-    return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-  try:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    for line in out.splitlines():
-      if line.startswith("Model name:"):
-        return line.split(":", 1)[1].strip()
-  except (OSError, subprocess.CalledProcessError):
-    pass
-  return platform.processor() or "unknown"
-
-
-def _busy_cpu_s() -> float:
-  """CPU-seconds all processes have spent busy since boot (Linux /proc/stat)."""
-  with open("/proc/stat", encoding="ascii") as f:
-    vals = [int(v) for v in f.readline().split()[1:]]
-  idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
-  return (sum(vals[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_s() -> float:
-  t = os.times()
-  return t.user + t.system
-
-
 def foreign_load(seconds: float = 2.0) -> float:
   """Fraction of the machine's CPUs used by other processes over ``seconds``."""
-  b0, o0, t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+  b0, o0, t0 = busy_cpu_s(), own_cpu_s(), time.perf_counter()
   time.sleep(seconds)
-  busy = (_busy_cpu_s() - b0) - (_own_cpu_s() - o0)
+  busy = (busy_cpu_s() - b0) - (own_cpu_s() - o0)
   return max(0.0, busy) / ((time.perf_counter() - t0) * (os.cpu_count() or 1))
 
 
@@ -156,12 +127,12 @@ def time_calls(fn, repeats: int, warmup: int, max_load: float = 1.0,
   while sum(c[0] < max_load for c in calls) < repeats and len(calls) < max_tries:
     if max_load < 1.0 and calls:
       wait_until_quiet(max_load, max_wait_s)
-    b0, o0, t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+    b0, o0, t0 = busy_cpu_s(), own_cpu_s(), time.perf_counter()
     fn()
     dt = time.perf_counter() - t0
-    foreign = max(0.0, (_busy_cpu_s() - b0) - (_own_cpu_s() - o0)) / (
+    foreign = max(0.0, (busy_cpu_s() - b0) - (own_cpu_s() - o0)) / (
         dt * (os.cpu_count() or 1))
-    calls.append((foreign, dt, _own_cpu_s() - o0))
+    calls.append((foreign, dt, own_cpu_s() - o0))
     if foreign >= max_load:
       print(f"  (a {dt:.2f} s call ran while other processes used {foreign:.0%} of the "
             f"CPUs)", file=sys.stderr, flush=True)
@@ -198,10 +169,10 @@ def _flops(compiled) -> float:
 
 def _compile(jitted, *args):
   """``jitted.lower(*args).compile()``; returns it, its seconds and the foreign load."""
-  b0, o0, t0 = _busy_cpu_s(), _own_cpu_s(), time.perf_counter()
+  b0, o0, t0 = busy_cpu_s(), own_cpu_s(), time.perf_counter()
   compiled = jitted.lower(*args).compile()
   dt = time.perf_counter() - t0
-  foreign = max(0.0, (_busy_cpu_s() - b0) - (_own_cpu_s() - o0)) / (dt * (os.cpu_count() or 1))
+  foreign = max(0.0, (busy_cpu_s() - b0) - (own_cpu_s() - o0)) / (dt * (os.cpu_count() or 1))
   return compiled, dt, foreign
 
 

@@ -72,6 +72,23 @@ def warn_if_cpu_defaults_missing() -> None:
       RuntimeWarning, stacklevel=3)
 
 
+def define_config_and_workdir(config_help: str, workdir_help: str):
+  """Defines the ``--config`` (ml_collections file, locked) and ``--workdir`` flags."""
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  return (config_flags.DEFINE_config_file("config", None, config_help, lock_config=True),
+          flags.DEFINE_string("workdir", None, workdir_help))
+
+
+def require_config_and_workdir(argv, config_flag, workdir_flag, config_usage: str) -> None:
+  """Raises ConfigError for stray positional arguments or a missing flag."""
+  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise ConfigError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
+  if config_flag.value is None or not workdir_flag.value:
+    raise ConfigError(f"both --config={config_usage} and --workdir=DIR are required")
+
+
 def run_main(main, argv=None, schema=None) -> None:
   """Runs ``main`` under absl; JaxRobustError -> one ``error:`` line, exit 2.
 

@@ -4,26 +4,18 @@ Needs ``--config.at_workdir=RUN``, the workdir of an adversarial training run
 of ``python -m jaxrobust.train``. Rerunning the same command skips finished
 stages and resumes the fine-tuning run.
 """
-from jaxrobust.cli import apply_cpu_defaults, run_main
+from jaxrobust.cli import (apply_cpu_defaults, define_config_and_workdir,
+                           require_config_and_workdir, run_main)
 
 apply_cpu_defaults()
 
-from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
-from ml_collections import config_flags  # noqa: E402  pylint: disable=g-import-not-at-top
-
-_CONFIG = config_flags.DEFINE_config_file("config", None, "RiFT config file[:arg].",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (report, plots, fine-tuning).")
+_CONFIG, _WORKDIR = define_config_and_workdir(
+    "RiFT config file[:arg].", "Output directory (report, plots, fine-tuning).")
 
 
 def main(argv):
-  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxrobust.rift.pipeline import run_rift  # pylint: disable=g-import-not-at-top
-  if len(argv) > 1:
-    raise ConfigError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
-  if _CONFIG.value is None or not _WORKDIR.value:
-    raise ConfigError("both --config=configs/cifar10_rift.py[:arg] and --workdir=DIR are "
-                      "required")
+  require_config_and_workdir(argv, _CONFIG, _WORKDIR, "configs/cifar10_rift.py[:arg]")
   run_rift(_CONFIG.value, _WORKDIR.value)
 
 
