@@ -66,7 +66,7 @@ def warn_if_cpu_defaults_missing() -> None:
     return
   warnings.warn(
       "jaxrobust: JAX's CPU backend was started before jaxrobust could add its XLA:CPU "
-      f"flags ({' '.join(missing_cpu_defaults())}); convolutions can run ~2x slower "
+      f"flags ({' '.join(missing_cpu_defaults())}); the first ResNet stage can run 2-3x slower "
       "(BENCHMARKS.md). Import jaxrobust before running any JAX computation, or put the "
       "flags in XLA_FLAGS yourself; JAXROBUST_XLA_DEFAULTS=0 silences this.",
       RuntimeWarning, stacklevel=3)
