@@ -20,10 +20,12 @@ its own checkpoints):
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import time
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -130,15 +132,34 @@ def _ood_accuracy(step, params, batch_stats, sets, batch_size, mesh) -> dict | N
   return {"mean": float(np.mean(list(accs.values()))), "per_set": accs}
 
 
-def run_rift(config, workdir: str) -> dict:
-  """Runs RiFT per ``config`` (see :mod:`jaxrobust.rift.config`) into ``workdir``.
+@dataclasses.dataclass
+class _Run:
+  """What every RiFT stage reads: the trained model, data, evaluation steps."""
+  config: Any
+  workdir: str
+  mesh: Any
+  at: Any  # the adversarially trained run (``load_trained``)
+  splits: Any
+  test: Any
+  clean_step: Callable
+  val_step: Callable
+  val_key: jax.Array
+  at_id: dict
 
-  Returns:
-    The report written to ``<workdir>/report.json``.
+  @property
+  def batch_size(self) -> int:
+    return self.config.eval.batch_size
 
-  Raises:
-    ConfigError, CheckpointError, DataError.
-  """
+  def val_eval(self, params, batch_stats=None) -> dict:
+    """Validation clean / robust accuracy of ``params`` (default: the AT model's BN)."""
+    bs = self.at.batch_stats if batch_stats is None else batch_stats
+    r = evaluate_accuracy(self.val_step, params, bs, self.splits.val, self.batch_size,
+                          self.mesh, self.val_key)
+    return {"clean": r["clean"], "robust": r["robust"]}
+
+
+def _prepare(config, workdir: str) -> _Run:
+  """Validates ``config``, loads the AT model and the data, builds the eval steps."""
   validate_rift_config(config)
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
@@ -150,163 +171,222 @@ def run_rift(config, workdir: str) -> dict:
   data_cfg.unlock()
   data_cfg.data.test_size = config.eval.test_size
   splits = build_splits(data_cfg)
-  test = exact_subset(splits.test, len(splits.test))
   model_fns = at.model_fns
-  bsz = config.eval.batch_size
-  clean_step = make_eval_step(model_fns, {"clean": None}, mesh)
-  val_step = make_eval_step(model_fns, attacks_from_config(
-      {"clean": None, "robust": dict(config.eval.val_attack)}), mesh)
-  val_key = jax.random.PRNGKey(config.seed + 1)
-  at_id = {"at_workdir": os.path.abspath(config.at_workdir), "at_which": at.which,
-           "at_step": at.step, "seed": config.seed}
-  timings = {}
+  return _Run(
+      config=config, workdir=workdir, mesh=mesh, at=at, splits=splits,
+      test=exact_subset(splits.test, len(splits.test)),
+      clean_step=make_eval_step(model_fns, {"clean": None}, mesh),
+      val_step=make_eval_step(model_fns, attacks_from_config(
+          {"clean": None, "robust": dict(config.eval.val_attack)}), mesh),
+      val_key=jax.random.PRNGKey(config.seed + 1),
+      at_id={"at_workdir": os.path.abspath(config.at_workdir), "at_which": at.which,
+             "at_step": at.step, "seed": config.seed})
 
-  # 1. MRC.
-  key = dict(at_id, mrc=config.mrc.to_dict())
-  mrc_path = os.path.join(workdir, "mrc.json")
+
+def stage_mrc(run: _Run) -> dict:
+  """Stage 1: the fixed adversarial set and the MRC of every selected module (``mrc.json``)."""
+  config, at = run.config, run.at
+  key = dict(run.at_id, mrc=config.mrc.to_dict())
+  mrc_path = os.path.join(run.workdir, "mrc.json")
   mrc = _read_stage(mrc_path, key)
-  all_modules = list_modules(at.params)
-  if mrc is None:
-    modules = list_modules(at.params, config.mrc.include, config.mrc.exclude)
-    if config.mrc.split == "val":
-      base = splits.val
-    else:
-      base = exact_subset(splits.test, len(splits.test))
-    if config.mrc.num_examples:
-      base = base.take(slice(0, config.mrc.num_examples))
-    t0 = time.time()
-    x_adv, y = build_adversarial_set(model_fns, at.params, at.batch_stats, base,
-                                     dict(config.mrc.attack), config.mrc.attack_batch_size,
-                                     jax.random.PRNGKey(config.seed + 3))
-    t_adv = time.time() - t0
-    _say(f"MRC: adversarial set of {len(y)} {config.mrc.split} images ({t_adv:.1f} s); "
-         f"{len(modules)} modules, {len({m.shape for m in modules})} distinct kernel shapes")
-    t0 = time.time()
-    results = mrc_sweep(model_fns, at.params, at.batch_stats, x_adv, y, modules,
-                        mrc_settings(config), jax.random.PRNGKey(config.seed + 4),
-                        progress=jax.process_index() == 0)
-    mrc = {"key": key, "num_examples": int(len(y)), "split": config.mrc.split,
-           "base_loss": results[0].base_loss, "base_acc": results[0].base_acc,
-           "modules": [r.to_dict() for r in results],
-           "least_critical": least_critical(results).name,
-           "seconds": {"adversarial_set": round(t_adv, 2), "sweep": round(time.time() - t0, 2)},
-           "num_shapes": len({m.shape for m in modules})}
-    _write_json(mrc_path, mrc)
+  if mrc is not None:
+    return mrc
+  modules = list_modules(at.params, config.mrc.include, config.mrc.exclude)
+  base = run.splits.val if config.mrc.split == "val" else run.test
+  if config.mrc.num_examples:
+    base = base.take(slice(0, config.mrc.num_examples))
+  t0 = time.time()
+  x_adv, y = build_adversarial_set(at.model_fns, at.params, at.batch_stats, base,
+                                   dict(config.mrc.attack), config.mrc.attack_batch_size,
+                                   jax.random.PRNGKey(config.seed + 3))
+  t_adv = time.time() - t0
+  _say(f"MRC: adversarial set of {len(y)} {config.mrc.split} images ({t_adv:.1f} s); "
+       f"{len(modules)} modules, {len({m.shape for m in modules})} distinct kernel shapes")
+  t0 = time.time()
+  results = mrc_sweep(at.model_fns, at.params, at.batch_stats, x_adv, y, modules,
+                      mrc_settings(config), jax.random.PRNGKey(config.seed + 4),
+                      progress=jax.process_index() == 0)
+  mrc = {"key": key, "num_examples": int(len(y)), "split": config.mrc.split,
+         "base_loss": results[0].base_loss, "base_acc": results[0].base_acc,
+         "modules": [r.to_dict() for r in results],
+         "least_critical": least_critical(results).name,
+         "seconds": {"adversarial_set": round(t_adv, 2), "sweep": round(time.time() - t0, 2)},
+         "num_shapes": len({m.shape for m in modules})}
+  _write_json(mrc_path, mrc)
+  return mrc
+
+
+def choose_module(run: _Run, mrc: dict) -> str:
+  """``config.finetune.module`` or the lowest-MRC module; plots and prints the ranking.
+
+  Raises:
+    ConfigError: the named module is not a conv/dense module of the model.
+  """
+  config = run.config
   rows = mrc["modules"]
+  all_modules = list_modules(run.at.params)
   module = config.finetune.module or mrc["least_critical"]
   if module not in {m.name for m in all_modules}:
     raise ConfigError(f"config.finetune.module={module!r} is not a conv/dense module of the "
                       f"model; modules are {[m.name for m in all_modules]}")
-  plot_mrc(rows, os.path.join(workdir, "mrc.png"), module)
+  plot_mrc(rows, os.path.join(run.workdir, "mrc.png"), module)
   _say("MRC (lowest first): " + ", ".join(
       f"{r['name']} {r['mrc']:.3f}" for r in sorted(rows, key=lambda r: r["mrc"])))
-  timings["mrc"] = mrc["seconds"]
+  return module
 
-  def val_eval(params, batch_stats=at.batch_stats):
-    r = evaluate_accuracy(val_step, params, batch_stats, splits.val, bsz, mesh, val_key)
-    return {"clean": r["clean"], "robust": r["robust"]}
 
-  # 2. Re-initialisation analysis.
-  reinit = None
-  if config.reinit.modes:
-    key = dict(at_id, modes=list(config.reinit.modes), include=config.mrc.include,
-               exclude=config.mrc.exclude, val_attack=dict(config.eval.val_attack))
-    path = os.path.join(workdir, "reinit.json")
-    reinit = _read_stage(path, key)
-    if reinit is None:
-      t0 = time.time()
-      shape = _image_shape(at.config)
-      init_params = parallel.replicate(split_model(build_model(at.config, shape))[1], mesh)
-      rand_params = parallel.replicate(
-          split_model(build_model(at.config, shape, seed=at.config.seed + 1))[1], mesh)
-      modules = list_modules(at.params, config.mrc.include, config.mrc.exclude)
-      bar = tqdm.tqdm(total=len(modules) * len(config.reinit.modes), desc="re-init",
-                      leave=False, disable=jax.process_index() != 0)
-      table = reinit_analysis(at.params, modules, init_params, rand_params, val_eval,
-                              tuple(config.reinit.modes), lambda *_: bar.update(1))
-      bar.close()
-      reinit = {"key": key, "baseline": val_eval(at.params), "rows": table,
-                "seconds": round(time.time() - t0, 2),
-                "note": "reinit = weights at initialisation (training seed); rerandom = a fresh "
-                        "draw (seed + 1); validation split"}
-      _write_json(path, reinit)
-    timings["reinit"] = reinit["seconds"]
+def stage_reinit(run: _Run) -> dict | None:
+  """Stage 2: validation accuracy after re-initialising each module (``reinit.json``)."""
+  config, at = run.config, run.at
+  if not config.reinit.modes:
+    return None
+  key = dict(run.at_id, modes=list(config.reinit.modes), include=config.mrc.include,
+             exclude=config.mrc.exclude, val_attack=dict(config.eval.val_attack))
+  path = os.path.join(run.workdir, "reinit.json")
+  reinit = _read_stage(path, key)
+  if reinit is not None:
+    return reinit
+  t0 = time.time()
+  shape = _image_shape(at.config)
+  init_params = parallel.replicate(split_model(build_model(at.config, shape))[1], run.mesh)
+  rand_params = parallel.replicate(
+      split_model(build_model(at.config, shape, seed=at.config.seed + 1))[1], run.mesh)
+  modules = list_modules(at.params, config.mrc.include, config.mrc.exclude)
+  bar = tqdm.tqdm(total=len(modules) * len(config.reinit.modes), desc="re-init",
+                  leave=False, disable=jax.process_index() != 0)
+  table = reinit_analysis(at.params, modules, init_params, rand_params, run.val_eval,
+                          tuple(config.reinit.modes), lambda *_: bar.update(1))
+  bar.close()
+  reinit = {"key": key, "baseline": run.val_eval(at.params), "rows": table,
+            "seconds": round(time.time() - t0, 2),
+            "note": "reinit = weights at initialisation (training seed); rerandom = a fresh "
+                    "draw (seed + 1); validation split"}
+  _write_json(path, reinit)
+  return reinit
 
-  # 3. Fine-tune the chosen module.
-  ft_dir = os.path.join(workdir, "finetune")
-  ft_cfg = finetune_config(config, at.config, module)
+
+def stage_finetune(run: _Run, module: str):
+  """Stage 3: clean fine-tuning of ``module`` only (``finetune/``); returns ``(run, cfg, s)``.
+
+  The first is the fine-tuned run's best checkpoint (``load_trained``), the
+  second its training config, the third the wall time in seconds.
+  """
+  ft_dir = os.path.join(run.workdir, "finetune")
+  ft_cfg = finetune_config(run.config, run.at.config, module)
   _say(f"fine-tuning {module} ({ft_cfg.train.trainable}) in {ft_dir}")
   t0 = time.time()
   train_and_evaluate(ft_cfg, ft_dir)
-  timings["finetune"] = round(time.time() - t0, 2)
-  ft = load_trained(ft_dir, "best", mesh=mesh)
+  seconds = round(time.time() - t0, 2)
+  return load_trained(ft_dir, "best", mesh=run.mesh), ft_cfg, seconds
 
-  # 4. Interpolation on validation.
-  val_ood = _ood_sets(config, splits.val, config.eval.ood.val_examples, "validation")
-  key = dict(at_id, module=module, ft_step=ft.step, alphas=list(config.interpolation.alphas),
+
+def stage_interpolation(run: _Run, module: str, ft) -> dict:
+  """Stage 4: validation clean / robust / OOD accuracy over the alpha grid (``interpolation.json``)."""
+  config, at = run.config, run.at
+  val_ood = _ood_sets(config, run.splits.val, config.eval.ood.val_examples, "validation")
+  key = dict(run.at_id, module=module, ft_step=ft.step, alphas=list(config.interpolation.alphas),
              val_attack=dict(config.eval.val_attack), ood=config.eval.ood.to_dict())
-  path = os.path.join(workdir, "interpolation.json")
+  path = os.path.join(run.workdir, "interpolation.json")
   interp = _read_stage(path, key)
-  if interp is None:
-    t0 = time.time()
-    records = []
-    for alpha in tqdm.tqdm(sorted(config.interpolation.alphas), desc="alpha", leave=False,
-                           disable=jax.process_index() != 0):
-      p = interpolate(at.params, ft.params, alpha)
-      bs = interpolate(at.batch_stats, ft.batch_stats, alpha)
-      rec = {"alpha": float(alpha), **val_eval(p, bs)}
-      ood = _ood_accuracy(clean_step, p, bs, val_ood, bsz, mesh)
-      rec["ood"] = None if ood is None else ood["mean"]
-      records.append(rec)
-    interp = {"key": key, "records": records, "seconds": round(time.time() - t0, 2)}
-    _write_json(path, interp)
-  records = interp["records"]
-  chosen = select_alpha(records, config.interpolation.robust_tolerance, "clean")
-  plot_interpolation(records, os.path.join(workdir, "interpolation.png"), chosen["alpha"])
-  timings["interpolation"] = interp["seconds"]
-
-  # 5. Test numbers: before (alpha 0), fine-tuned (alpha 1), RiFT (chosen alpha).
-  test_ood = _ood_sets(config, test, config.eval.ood.test_examples, "test")
-  test_step = make_eval_step(model_fns, attacks_from_config(
-      {"clean": None, "robust": dict(config.eval.test_attack)}), mesh)
-  final = {}
+  if interp is not None:
+    return interp
   t0 = time.time()
-  for label, alpha in (("at", 0.0), ("rift", chosen["alpha"]), ("finetuned", 1.0)):
+  records = []
+  for alpha in tqdm.tqdm(sorted(config.interpolation.alphas), desc="alpha", leave=False,
+                         disable=jax.process_index() != 0):
     p = interpolate(at.params, ft.params, alpha)
     bs = interpolate(at.batch_stats, ft.batch_stats, alpha)
-    r = evaluate_accuracy(test_step, p, bs, test, bsz, mesh,
+    rec = {"alpha": float(alpha), **run.val_eval(p, bs)}
+    ood = _ood_accuracy(run.clean_step, p, bs, val_ood, run.batch_size, run.mesh)
+    rec["ood"] = None if ood is None else ood["mean"]
+    records.append(rec)
+  interp = {"key": key, "records": records, "seconds": round(time.time() - t0, 2)}
+  _write_json(path, interp)
+  return interp
+
+
+def stage_test(run: _Run, ft, chosen_alpha: float) -> tuple[dict, dict]:
+  """Stage 5: test clean / PGD / AutoAttack / OOD of alpha 0, the chosen alpha and 1.
+
+  Returns:
+    ``(rows, test_ood)``: label (``at``, ``rift``, ``finetuned``) -> figures,
+    and the corrupted test sets used (empty when OOD is off).
+  """
+  config, at, test = run.config, run.at, run.test
+  test_ood = _ood_sets(config, test, config.eval.ood.test_examples, "test")
+  test_step = make_eval_step(at.model_fns, attacks_from_config(
+      {"clean": None, "robust": dict(config.eval.test_attack)}), run.mesh)
+  final = {}
+  for label, alpha in (("at", 0.0), ("rift", chosen_alpha), ("finetuned", 1.0)):
+    p = interpolate(at.params, ft.params, alpha)
+    bs = interpolate(at.batch_stats, ft.batch_stats, alpha)
+    r = evaluate_accuracy(test_step, p, bs, test, run.batch_size, run.mesh,
                           jax.random.PRNGKey(config.seed + 2), desc=f"test {label}")
     row = {"alpha": alpha, "clean": r["clean"], "robust": r["robust"]}
-    ood = _ood_accuracy(clean_step, p, bs, test_ood, bsz, mesh)
+    ood = _ood_accuracy(run.clean_step, p, bs, test_ood, run.batch_size, run.mesh)
     row["ood"] = None if ood is None else ood["mean"]
     row["ood_per_set"] = None if ood is None else ood["per_set"]
     if config.eval.autoattack_examples > 0 and label != "finetuned":  # AA: before / after.
       n = min(config.eval.autoattack_examples, len(test))
       sub = test.take(slice(0, n))
       eps = config.eval.test_attack["eps"]
-      res = run_autoattack(model_fns.logits_fn(p, bs), sub.images, sub.labels,
+      res = run_autoattack(at.model_fns.logits_fn(p, bs), sub.images, sub.labels,
                            AutoAttackSettings.for_version(eps, "linf", "standard"),
-                           batch_size=bsz, mesh=mesh, seed=config.seed, progress=False)
+                           batch_size=run.batch_size, mesh=run.mesh, seed=config.seed,
+                           progress=False)
       row["autoattack"] = float(res.robust.mean())
       row["autoattack_examples"] = n
     final[label] = row
+  return final, test_ood
+
+
+def run_rift(config, workdir: str) -> dict:
+  """Runs RiFT per ``config`` (see :mod:`jaxrobust.rift.config`) into ``workdir``.
+
+  The five stages (module docstring) run in order; each skips itself when
+  its JSON holds a result computed with the same settings.
+
+  Returns:
+    The report written to ``<workdir>/report.json``.
+
+  Raises:
+    ConfigError, CheckpointError, DataError.
+  """
+  run = _prepare(config, workdir)
+  timings = {}
+  mrc = stage_mrc(run)
+  timings["mrc"] = mrc["seconds"]
+  module = choose_module(run, mrc)
+  reinit = stage_reinit(run)
+  if reinit is not None:
+    timings["reinit"] = reinit["seconds"]
+  ft, ft_cfg, timings["finetune"] = stage_finetune(run, module)
+  interp = stage_interpolation(run, module, ft)
+  records = interp["records"]
+  chosen = select_alpha(records, config.interpolation.robust_tolerance, "clean")
+  plot_interpolation(records, os.path.join(workdir, "interpolation.png"), chosen["alpha"])
+  timings["interpolation"] = interp["seconds"]
+  t0 = time.time()
+  final, test_ood = stage_test(run, ft, chosen["alpha"])
   timings["test"] = round(time.time() - t0, 2)
 
+  rows = mrc["modules"]
   ood_label = None
   if test_ood:
     ood_label = sorted({ds.name.split("/")[0] for ds in test_ood.values()})
   report = {
-      "at_workdir": os.path.abspath(config.at_workdir), "at_step": at.step,
-      "model": at.config.model.name, "module": module,
+      "at_workdir": os.path.abspath(config.at_workdir), "at_step": run.at.step,
+      "model": run.at.config.model.name, "module": module,
       "module_selected_by": "config.finetune.module" if config.finetune.module else "lowest MRC",
       "mrc": {"split": mrc["split"], "num_examples": mrc["num_examples"],
               "ranking": [r["name"] for r in sorted(rows, key=lambda r: r["mrc"])],
               "modules": rows},
       "reinit": reinit and {"baseline": reinit["baseline"], "rows": reinit["rows"]},
-      "finetune": {"workdir": ft_dir, "best_step": ft.step, "trainable": ft_cfg.train.trainable},
+      "finetune": {"workdir": os.path.join(workdir, "finetune"), "best_step": ft.step,
+                   "trainable": ft_cfg.train.trainable},
       "interpolation": {"records": records, "chosen": chosen,
                         "robust_tolerance": config.interpolation.robust_tolerance},
-      "test": final, "test_size": len(test), "test_attack": dict(config.eval.test_attack),
+      "test": final, "test_size": len(run.test), "test_attack": dict(config.eval.test_attack),
       "ood_source": ood_label, "seconds": timings,
   }
   _write_json(os.path.join(workdir, "report.json"), report)
