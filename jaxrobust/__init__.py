@@ -1,8 +1,37 @@
 """jaxrobust: adversarial robustness of image classifiers in JAX.
 
-Subpackages: ``attacks`` (FGSM, PGD), ``methods`` (standard, PGD-AT, FGSM-AT),
-``models`` (NNX PreAct-ResNet, ResNet, WideResNet, MobileNetV2, SmallCNN),
-``data``, ``train``, ``evaluate``, plus ``checkpoint`` and ``parallel``.
+Conventions: images are float32 NHWC in [0, 1]; ``eps`` and step sizes are in
+pixel units (8/255); attack objectives are maximised; normalisation lives
+inside the model.
+
+Subpackages and modules (imported on first use, so ``import jaxrobust`` is
+cheap), from the bottom of the dependency order to the top -- no package
+imports one above it:
+
+==========================  =====================================================
+``jaxrobust.errors``        the exceptions every entry point turns into one line
+``jaxrobust.parallel``      device mesh, sharding helpers, ``jax.distributed``
+``jaxrobust.data``          bundled ``.npz`` / TFDS sources, metadata, splits,
+                            augmentation, iterators, corrupted test sets
+``jaxrobust.models``        Flax NNX models (``get_model``/``create_model``,
+                            ``ModelFns``); logits or penultimate features
+``jaxrobust.losses``        TRADES / MART / ARD / IAD / RSLAD objectives
+``jaxrobust.attacks``       FGSM, PGD, APGD, FAB, Square, TRADES-L2 as pure
+                            functions; the attack registry
+``jaxrobust.accuracy``      accuracy of a model under named attacks (jitted,
+                            sharded), shared by validation and evaluation
+``jaxrobust.methods``       training objectives; the method registry
+``jaxrobust.checkpoint``    Orbax checkpoints: latest-N, best, digests
+``jaxrobust.train``         config schema, optimisers, the jitted train step,
+                            the trainer, restoring trained runs
+``jaxrobust.evaluate``      AutoAttack (``run_autoattack``), the evaluation suite
+                            and CLI
+``jaxrobust.rift``          RiFT: module robust criticality, fine-tuning,
+                            interpolation
+==========================  =====================================================
+
+Entry points: ``python -m jaxrobust.train``, ``python -m jaxrobust.evaluate``,
+``python -m jaxrobust.rift``.
 
 On CPU the library adds its measured-best XLA:CPU flags to ``XLA_FLAGS`` when
 it is imported before JAX's backend starts -- after ``import jax`` is fine,
@@ -10,6 +39,8 @@ after the first JAX computation is too late and warns (see
 :mod:`jaxrobust.cli` and BENCHMARKS.md). Set ``JAXROBUST_XLA_DEFAULTS=0`` to
 opt out. Flags already in ``XLA_FLAGS`` win.
 """
+import importlib as _importlib
+
 from jaxrobust.cli import apply_cpu_defaults as _apply_cpu_defaults
 
 if not _apply_cpu_defaults():
@@ -18,3 +49,19 @@ if not _apply_cpu_defaults():
   _warn()
 
 __version__ = "0.1.0"
+
+_SUBMODULES = ("accuracy", "attacks", "checkpoint", "data", "errors", "evaluate", "losses",
+               "methods", "models", "parallel", "rift", "train")
+
+__all__ = ["__version__", *_SUBMODULES]
+
+
+def __getattr__(name):
+  """Imports ``jaxrobust.<name>`` on first access (PEP 562)."""
+  if name in _SUBMODULES:
+    return _importlib.import_module(f"jaxrobust.{name}")
+  raise AttributeError(f"module 'jaxrobust' has no attribute {name!r}")
+
+
+def __dir__():
+  return sorted(set(globals()) | set(_SUBMODULES))

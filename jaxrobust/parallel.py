@@ -24,6 +24,12 @@ def init_distributed() -> None:
 
   JAX auto-detects Slurm, Open MPI and Cloud TPU; elsewhere set
   ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID``.
+  Must run before any JAX computation (the entry points call it first).
+  Source: ``jax.distributed.initialize`` (JAX multi-process guide).
+
+  Raises:
+    KeyError: ``JAX_COORDINATOR_ADDRESS`` is set without the other two.
+    RuntimeError: from JAX, when the coordinator cannot be reached.
   """
   if os.environ.get(ENV_DISTRIBUTED, "0") != "1":
     return
@@ -36,7 +42,18 @@ def init_distributed() -> None:
 
 
 def make_mesh(num_devices: int | None = None) -> Mesh:
-  """A 1-D ``('data',)`` mesh over the first ``num_devices`` (default: all) devices."""
+  """A 1-D ``('data',)`` mesh over the first ``num_devices`` (default: all) devices.
+
+  Args:
+    num_devices: how many of ``jax.devices()`` (all processes' devices in a
+      multi-host run) to use; None or 0 means all.
+
+  Returns:
+    A ``Mesh`` of shape ``(n,)`` with the axis name ``'data'``.
+
+  Raises:
+    ConfigError: more devices asked for than are visible.
+  """
   devices = jax.devices()
   n = len(devices) if not num_devices else int(num_devices)
   if n > len(devices):
@@ -45,11 +62,15 @@ def make_mesh(num_devices: int | None = None) -> Mesh:
 
 
 def data_sharding(mesh: Mesh) -> NamedSharding:
-  """Leading (batch) axis split over ``data``."""
+  """Sharding of a batch: its leading axis ``B`` split over the ``data`` axis.
+
+  ``B`` must be a multiple of the mesh size (:func:`check_batch_size`).
+  """
   return NamedSharding(mesh, P("data"))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
+  """Sharding of a value held whole on every device of ``mesh`` (train state, keys)."""
   return NamedSharding(mesh, P())
 
 
@@ -62,7 +83,16 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "batch size") -> N
 
 
 def global_batch(local_batch: dict, mesh: Mesh) -> dict:
-  """Assembles host-local NumPy batch slices into globally sharded ``jax.Array``s."""
+  """Assembles host-local NumPy batch slices into globally sharded ``jax.Array``s.
+
+  Args:
+    local_batch: pytree of host arrays ``[B_local, ...]``; each process passes
+      its own slice (``B_local = B / num_processes``), in process order.
+    mesh: the ``('data',)`` mesh.
+
+  Returns:
+    The same pytree of ``jax.Array`` ``[B, ...]`` sharded by :func:`data_sharding`.
+  """
   sharding = data_sharding(mesh)
   return jax.tree.map(
       lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)),
@@ -70,5 +100,5 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
 
 
 def replicate(tree, mesh: Mesh):
-  """Places every leaf of ``tree`` on all mesh devices."""
+  """Places every leaf of ``tree`` on all mesh devices (:func:`replicated`); same structure."""
   return jax.device_put(tree, replicated(mesh))
