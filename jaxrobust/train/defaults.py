@@ -35,6 +35,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.pad = 4
   c.data.pad_mode = "constant"
   c.data.flip = True
+  # (H, W, C); () = from the dataset's metadata. The trainer records the loaded shape.
+  c.data.image_shape = ()
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "preact_resnet18"
