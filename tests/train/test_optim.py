@@ -257,16 +257,19 @@ def test_cycled_momentum_drives_sgd_like_torch():
     np.testing.assert_allclose(np.asarray(a), b, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, steps_per_epoch", [("cifar10_pgd_at", 382),
-                                                    ("mnist_pgd_at", 460)])
-def test_local_budget_schedule_is_unchanged(name, steps_per_epoch):
-  # The CPU :local runs (49000 / 128 = 382 and 59000 / 128 = 460 steps per epoch) keep the
-  # one-cycle lr peaking at 2/5 of training and a constant momentum 0.9.
+@pytest.mark.parametrize("name, steps_per_epoch, epochs", [
+    ("cifar10_pgd_at", 382, None), ("cifar10_trades", 382, 2), ("cifar10_awp", 382, 3),
+    ("mnist_pgd_at", 460, None), ("mnist_pgd_at", 461, None)])
+def test_local_budget_schedule_is_unchanged(name, steps_per_epoch, epochs):
+  # The CPU :local runs (49000 / 128 = 382 and 59000 / 128 = 460 steps per epoch; 2 epochs
+  # for the six-student comparison) keep the one-cycle lr peaking at the step nearest to
+  # 2/5 of training (as before) and a constant momentum 0.9.
   c = load_config(name, "local")
   t = c.train
   assert (t.schedule, t.cyclic_peak, t.cyclic_base_momentum) == ("cyclic", 0.4, -1.0)
+  t.num_epochs = epochs or t.num_epochs
   total = t.num_epochs * steps_per_epoch
-  peak = 2 * total // 5
+  peak = int(round(0.4 * total))
   assert make_momentum_schedule(t, total, steps_per_epoch) is None
   sched = make_schedule(t, total, steps_per_epoch)
   steps = [0, 1, 17, peak - 1, peak, peak + 1, total - 3, total - 1, total]
