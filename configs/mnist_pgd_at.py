@@ -41,6 +41,7 @@ def get_config(arg=None):
     c.train.num_epochs = 2
     c.train.lr = 0.05
     c.train.schedule = "cyclic"
+    c.train.cyclic_peak, c.train.cyclic_base_momentum = 0.4, -1.0  # as measured.
     c.train.log_every_steps = 20
     c.eval.val_attack = dict(name="pgd", eps=0.3, step_size=0.05, num_steps=10,
                              random_start="uniform")

@@ -24,13 +24,14 @@ import zlib
 
 import numpy as np
 
+from jaxrobust.data.info import DATASETS, NUM_CLASSES  # pylint: disable=unused-import
 from jaxrobust.errors import DataError
 
 ENV_DATA_DIR = "JAXROBUST_DATA_DIR"
-NUMPY_DATASETS = ("cifar10", "mnist")
+NUMPY_DATASETS = ("cifar10", "mnist")  # bundled in ../shared/data.
 TFDS_DATASETS = ("cifar10", "cifar100", "mnist", "svhn_cropped", "imagenette")
-NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "mnist": 10, "svhn_cropped": 10,
-               "imagenette": 10}
+
+
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,10 +89,12 @@ def load_numpy(name: str, split: str, data_dir: str | os.PathLike | None = None
     DataError: when the file is absent or lacks ``images``/``labels``; the
       message names the expected path and how to point at another folder.
   """
-  if name not in NUMPY_DATASETS:
+  # Bundled sets, and sets registered with jaxrobust.data.register_dataset (not TFDS names).
+  if name not in NUMPY_DATASETS and (name in TFDS_DATASETS or name not in DATASETS):
     raise DataError(
         f"dataset {name!r} is not bundled as .npz (bundled: {NUMPY_DATASETS}); "
-        f"use config.data.source='tfds' for it")
+        f"use config.data.source='tfds' for it, or register it with "
+        f"jaxrobust.data.register_dataset and put {name}_<split>.npz in the data folder")
   root = pathlib.Path(data_dir) if data_dir else default_data_dir()
   path = root / f"{name}_{split}.npz"
   if not path.is_file():

@@ -13,7 +13,7 @@ from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import CheckpointError, ConfigError
 from jaxrobust.methods import ModelFns
-from jaxrobust.train.builders import build_model, model_fingerprint
+from jaxrobust.train.builders import build_model, image_shape_of, model_fingerprint
 from jaxrobust.train.defaults import default_config
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import create_train_state
@@ -83,11 +83,9 @@ def load_trained(workdir: str, which: str = "best", step: int | None = None, mes
   """
   config = load_config(workdir)
   mesh = mesh or parallel.make_mesh(config.num_devices or None)
-  channels = 1 if config.data.name == "mnist" else 3
-  size = 28 if config.data.name == "mnist" else 32
   if config.data.name not in NUM_CLASSES:
     raise CheckpointError(f"unknown dataset {config.data.name!r} in {workdir}/config.json")
-  image_shape = (size, size, channels)
+  image_shape = image_shape_of(config)
   model = build_model(config, image_shape)
   graphdef, state = create_train_state(model, make_optimizer(config.train, 1, 1), 0,
                                        ema=config.train.ema_decay > 0)

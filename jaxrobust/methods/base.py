@@ -77,6 +77,28 @@ class ModelFns:
                        f"replaying running-average updates needs one")
     return momenta.pop() if momenta else None
 
+  def features_fn(self, params, batch_stats, *, bn: str = "eval") -> Callable:
+    """``(x, key=None) -> (logits, features)``: logits and penultimate features.
+
+    ``x`` float32 ``[B, H, W, C]`` in [0, 1]; ``logits`` float32 ``[B, K]``;
+    ``features`` float32 ``[B, D]``, the input of the model's final classifier
+    layer (``model(x, return_features=True)``, see :mod:`jaxrobust.models`).
+    ``bn`` as in :meth:`logits_fn`; the running averages are never updated.
+    ``key`` feeds the model's random parts (dropout) when training.
+
+    Raises:
+      ValueError: an unknown ``bn``.
+    """
+    if bn not in ("eval", "train"):
+      raise ValueError(f"unknown BatchNorm mode {bn!r}; use 'eval' or 'train'")
+    train = bn == "train"
+
+    def fn(x, key=None):
+      model = nnx.merge(self.graphdef, params, batch_stats, copy=True)
+      return model(x, train=train, key=key, return_features=True)
+
+    return fn
+
 
 def train_passes(model: ModelFns, params, batch_stats, inputs: Mapping[str, jax.Array],
                  key) -> tuple[dict, dict]:

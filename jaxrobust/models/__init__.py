@@ -5,6 +5,17 @@ and is called as ``model(x, train=..., key=...)``: ``train=False`` is the eval
 view (BatchNorm running averages; nothing is updated), ``train=True`` uses batch
 statistics and updates the running averages in place. Both views share the
 same weights. Mean/std normalisation lives inside the model.
+
+Penultimate features (linear probes, rotation heads, feature distillation)::
+
+    logits, features = model(x, train=..., key=..., return_features=True)
+
+``features`` is float32 ``[B, D]``, the input of the final classifier layer
+(after global pooling / the last hidden layer), so ``logits == features @ W +
+b`` for that layer's kernel ``W`` ``[D, K]`` and bias ``b``; the logits are
+those of the default call. Every registered model supports it (the shared
+:func:`jaxrobust.models.layers.classifier_head`); functionally, use
+:meth:`jaxrobust.methods.ModelFns.features_fn`.
 """
 from __future__ import annotations
 

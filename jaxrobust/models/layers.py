@@ -122,3 +122,18 @@ def batch_norm(c, *, rngs, dtype=None):
 
 def linear(cin, cout, *, rngs, dtype=None):
   return nnx.Linear(cin, cout, dtype=dtype, rngs=rngs)
+
+
+def classifier_head(fc: nnx.Linear, features, return_features: bool = False):
+  """The final classifier layer: ``fc(features)`` as float32 logits ``[B, K]``.
+
+  With ``return_features`` returns ``(logits, features)``, ``features`` the
+  float32 ``[B, D]`` input of ``fc`` (the penultimate representation), so that
+  ``logits == features @ fc.kernel + fc.bias`` (up to the compute dtype's
+  rounding). The features are cast to float32 after ``fc`` ran on them in the
+  compute dtype, so the logits do not depend on ``return_features``.
+  """
+  logits = fc(features).astype(jnp.float32)
+  if return_features:
+    return logits, features.astype(jnp.float32)
+  return logits

@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrobust.models.layers import Normalize, batch_norm, conv, linear
+from jaxrobust.models.layers import Normalize, batch_norm, classifier_head, conv, linear
 
 # (expansion, out_planes, num_blocks, stride)
 CIFAR_CFG = ((1, 16, 1, 1), (6, 24, 2, 1), (6, 32, 3, 2), (6, 64, 4, 2),
@@ -64,7 +64,7 @@ class MobileNetV2(nnx.Module):
     self.bn2 = batch_norm(head, rngs=rngs, dtype=dtype)
     self.linear = linear(head, num_classes, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x, *, train: bool = False, key=None):
+  def __call__(self, x, *, train: bool = False, key=None, return_features: bool = False):
     del key
     ura = not train
     out = self.normalize(x)
@@ -74,4 +74,4 @@ class MobileNetV2(nnx.Module):
     for blk in self.blocks:
       out = blk(out, train)
     out = jax.nn.relu(self.bn2(self.conv2(out), use_running_average=ura))
-    return self.linear(jnp.mean(out, axis=(1, 2))).astype(jnp.float32)
+    return classifier_head(self.linear, jnp.mean(out, axis=(1, 2)), return_features)

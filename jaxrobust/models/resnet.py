@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrobust.models.layers import Normalize, batch_norm, conv, linear
+from jaxrobust.models.layers import Normalize, batch_norm, classifier_head, conv, linear
 
 
 class PreActBlock(nnx.Module):
@@ -81,7 +81,7 @@ class _CifarResNetBase(nnx.Module):
       self.bn_final = batch_norm(cin, rngs=rngs, dtype=dtype)
     self.linear = linear(cin, num_classes, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x, *, train: bool = False, key=None):
+  def __call__(self, x, *, train: bool = False, key=None, return_features: bool = False):
     del key
     out = self.normalize(x)
     if self.dtype is not None:
@@ -93,8 +93,7 @@ class _CifarResNetBase(nnx.Module):
       out = blk(out, train)
     if self.preact:
       out = jax.nn.relu(self.bn_final(out, use_running_average=not train))
-    out = jnp.mean(out, axis=(1, 2))
-    return self.linear(out).astype(jnp.float32)
+    return classifier_head(self.linear, jnp.mean(out, axis=(1, 2)), return_features)
 
 
 class PreActResNet(_CifarResNetBase):

@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrobust.models.layers import Normalize, batch_norm, conv, linear
+from jaxrobust.models.layers import Normalize, batch_norm, classifier_head, conv, linear
 
 
 def _max_pool(x):
@@ -48,7 +48,7 @@ class SmallCNN(nnx.Module):
     self.fc2 = linear(hidden, hidden, rngs=rngs, dtype=dtype)
     self.fc3 = linear(hidden, num_classes, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x, *, train: bool = False, key=None):
+  def __call__(self, x, *, train: bool = False, key=None, return_features: bool = False):
     out = self.normalize(x)
     if self.dtype is not None:
       out = out.astype(self.dtype)
@@ -62,7 +62,7 @@ class SmallCNN(nnx.Module):
       keep = jax.random.bernoulli(key, 1.0 - self.drop_rate, out.shape)
       out = jnp.where(keep, out / (1.0 - self.drop_rate), 0.0)
     out = jax.nn.relu(self.fc2(out))
-    return self.fc3(out).astype(jnp.float32)
+    return classifier_head(self.fc3, out, return_features)
 
 
 class SimpleCNN(nnx.Module):
@@ -83,7 +83,7 @@ class SimpleCNN(nnx.Module):
     self.convs_per_stage = convs_per_stage
     self.linear = linear(cin, num_classes, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x, *, train: bool = False, key=None):
+  def __call__(self, x, *, train: bool = False, key=None, return_features: bool = False):
     del key
     out = self.normalize(x)
     if self.dtype is not None:
@@ -92,4 +92,4 @@ class SimpleCNN(nnx.Module):
       out = jax.nn.relu(bn(c(out), use_running_average=not train))
       if (i + 1) % self.convs_per_stage == 0:
         out = _max_pool(out)
-    return self.linear(jnp.mean(out, axis=(1, 2))).astype(jnp.float32)
+    return classifier_head(self.linear, jnp.mean(out, axis=(1, 2)), return_features)

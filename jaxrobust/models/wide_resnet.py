@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrobust.models.layers import Normalize, batch_norm, conv, linear
+from jaxrobust.models.layers import Normalize, batch_norm, classifier_head, conv, linear
 
 
 class WideBlock(nnx.Module):
@@ -52,7 +52,7 @@ class WideResNet(nnx.Module):
     self.bn = batch_norm(cin, rngs=rngs, dtype=dtype)
     self.linear = linear(cin, num_classes, rngs=rngs, dtype=dtype)
 
-  def __call__(self, x, *, train: bool = False, key=None):
+  def __call__(self, x, *, train: bool = False, key=None, return_features: bool = False):
     del key
     out = self.normalize(x)
     if self.dtype is not None:
@@ -61,4 +61,4 @@ class WideResNet(nnx.Module):
     for blk in self.blocks:
       out = blk(out, train)
     out = jax.nn.relu(self.bn(out, use_running_average=not train))
-    return self.linear(jnp.mean(out, axis=(1, 2))).astype(jnp.float32)
+    return classifier_head(self.linear, jnp.mean(out, axis=(1, 2)), return_features)

@@ -43,7 +43,7 @@ from jaxrobust.rift.modules import list_modules, module_regex
 from jaxrobust.rift.mrc import build_adversarial_set, least_critical, mrc_sweep
 from jaxrobust.rift.plots import plot_interpolation, plot_mrc
 from jaxrobust.rift.reinit import reinit_analysis
-from jaxrobust.train.builders import build_model, build_splits
+from jaxrobust.train.builders import build_model, build_splits, image_shape_of
 from jaxrobust.train.loop import train_and_evaluate
 from jaxrobust.train.state import split_model
 
@@ -72,7 +72,7 @@ def _read_stage(path: str, key: dict):
 
 
 def _image_shape(config):
-  return (28, 28, 1) if config.data.name == "mnist" else (32, 32, 3)
+  return image_shape_of(config)
 
 
 def finetune_config(config, at_config, module: str):

@@ -6,7 +6,9 @@ import dataclasses
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrobust.data import NUM_CLASSES, ArrayDataset, load_split, train_val_split
+from jaxrobust.data import (ArrayDataset, check_image_shape, dataset_info, load_split,
+                            train_val_split)
+from jaxrobust.errors import DataError
 from jaxrobust.models import create_model
 
 
@@ -18,9 +20,20 @@ class Splits:
 
 
 def build_splits(config, with_test: bool = True) -> Splits:
-  """Train / validation (held out from train) / test[:test_size] from config.data."""
+  """Train / validation (held out from train) / test[:test_size] from config.data.
+
+  Raises:
+    DataError: missing data, or images whose shape contradicts the dataset's
+      metadata (:mod:`jaxrobust.data.info`) or the run's recorded
+      ``config.data.image_shape``.
+  """
   d = config.data
   full = load_split(d.name, "train", d.source, d.data_dir or None)
+  check_image_shape(dataset_info(d.name), full.image_shape)
+  recorded = tuple(d.get("image_shape", ()) or ())
+  if recorded and tuple(full.image_shape) != recorded:
+    raise DataError(f"{d.name}: the loaded images are {full.image_shape}, but this run was "
+                    f"trained on {recorded} (config.data.image_shape)")
   train_idx, val_idx = train_val_split(full.labels, d.val_size, d.split_seed)
   if d.train_size and d.train_size < len(train_idx):
     rng = np.random.default_rng([d.split_seed, 1])
@@ -33,9 +46,31 @@ def build_splits(config, with_test: bool = True) -> Splits:
   return Splits(full.take(train_idx), full.take(val_idx), test)
 
 
+def image_shape_of(config) -> tuple[int, int, int]:
+  """``(H, W, C)`` of the run's images, without loading them.
+
+  ``config.data.image_shape`` when set (the trainer records the loaded shape
+  there, so a run on any image size restores with the right model), else the
+  dataset's metadata (:func:`jaxrobust.data.dataset_info`).
+
+  Raises:
+    DataError: an unknown dataset, or one of varying image size with no
+      recorded shape.
+  """
+  recorded = tuple(config.data.get("image_shape", ()) or ())
+  if recorded:
+    return tuple(int(s) for s in recorded)
+  info = dataset_info(config.data.name)
+  if info.image_shape is None:
+    raise DataError(f"{info.name} images vary in size and config.data.image_shape is not "
+                    f"set; set it to the (H, W, C) the model was trained on")
+  return tuple(info.image_shape)
+
+
 def model_kwargs(config, image_shape) -> dict:
   """Constructor arguments implied by the data (classes, channels, image size)."""
-  kw = dict(num_classes=NUM_CLASSES[config.data.name], in_channels=image_shape[-1],
+  kw = dict(num_classes=dataset_info(config.data.name).num_classes,
+            in_channels=image_shape[-1],
             normalize=config.model.normalize,
             dtype=None if config.model.dtype == "float32" else jnp.dtype(config.model.dtype))
   if config.model.name.startswith("small_cnn"):

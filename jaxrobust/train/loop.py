@@ -20,7 +20,7 @@ from jaxrobust.data import TrainIterator
 from jaxrobust.errors import ConfigError, NonFiniteLossError
 from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy, make_eval_step
 from jaxrobust.methods import ModelFns, method_from_config, num_teachers
-from jaxrobust.train.builders import build_model, build_splits, model_fingerprint
+from jaxrobust.train.builders import build_model, build_splits, image_shape_of, model_fingerprint
 from jaxrobust.train.defaults import validate_config
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import create_train_state
@@ -81,7 +81,7 @@ def load_teachers(config, mesh) -> tuple[tuple, dict | None]:
     if m.teacher_dtype and m.teacher_dtype != t.config.model.dtype:
       tcfg = t.config.copy_and_resolve_references()
       tcfg.model.dtype = m.teacher_dtype
-      shape = (28, 28, 1) if tcfg.data.name == "mnist" else (32, 32, 3)
+      shape = image_shape_of(tcfg)
       abstract = nnx.eval_shape(lambda c=tcfg, s=shape: build_model(c, s))
       graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
     log.info("teacher %s: %s, step %d", workdir, t.config.model.name, t.step)
@@ -108,8 +108,7 @@ def init_from_run(config, state, tx, fingerprint: str, mesh):
   from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
   t = config.train
   src = load_trained(t.init_from, t.init_which, mesh=mesh)
-  src_fp = model_fingerprint(src.config, (28, 28, 1) if src.config.data.name == "mnist"
-                             else (32, 32, 3))
+  src_fp = model_fingerprint(src.config, image_shape_of(src.config))
   if src_fp != fingerprint:
     raise ConfigError(f"config.train.init_from={t.init_from!r} holds a {src_fp} model but this "
                       f"config builds {fingerprint}; set config.model to match")
@@ -149,6 +148,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Model, optimiser, method.
   image_shape = splits.train.image_shape
+  config.data.image_shape = tuple(image_shape)  # saved in config.json for restoring.
   model = build_model(config, image_shape)
   tx = make_optimizer(config.train, total_steps, steps_per_epoch)
   teachers, frozen = load_teachers(config, mesh)
