@@ -72,15 +72,18 @@ def resolve_attack(cfg: Mapping[str, Any] | None, *, eps: float, norm: str,
   """
   if cfg is None:
     return None
-  out = {k: v for k, v in dict(cfg).items() if v is not None}
+  out = dict(cfg)
   fixed = FIXED_NORM.get(out.get("name"))
   if fixed is not None:
-    if "eps" not in out and norm != fixed:
+    if out.get("norm", "") is None:
+      del out["norm"]
+    if out.get("eps") is None and norm != fixed:
       raise ConfigError(f"{where}: attack {out.get('name')!r} is an {fixed} attack but the "
                         f"config's threat model is {norm!r}: set {where}.eps or config.norm")
-  else:
-    out.setdefault("norm", norm)
-  out.setdefault("eps", eps)
+  elif out.get("norm") is None:
+    out["norm"] = norm
+  if out.get("eps") is None:
+    out["eps"] = eps
   return out
 
 
