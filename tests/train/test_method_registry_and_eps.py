@@ -128,3 +128,20 @@ def test_cli_eps_reaches_training_validation_and_test(tmp_path, data_dir):
       "train": 0.02, "val": 0.02, "test": 0.02}
   assert report["test_attack"]["eps"] == 0.02
   assert "attack (val): eps=0.02, " in proc.stdout and "attack (test): eps=0.02, " in proc.stdout
+
+
+def test_runs_saved_with_the_shared_method_schema_still_load(tmp_path):
+  """A config.json of earlier versions: every method's keys, -1 / '' for "official"."""
+  from jaxrobust.evaluate.restore import load_config as load_saved  # pylint: disable=g-import-not-at-top
+  legacy = dict(name="awp", attack=dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
+                                        norm="linf", loss="kl", random_start="normal"),
+                attack_bn="eval", clean_bn="train", beta=-1.0, alpha=-1.0, temperature=-1.0,
+                kl_reduction="", bn_updates="official", awp_base="trades", awp_gamma=-1.0,
+                awp_warmup_epochs=9.0, teacher_workdir="", teacher_which="best",
+                teacher_dtype="", teacher2_workdir="", iad_begin_epochs=-1.0,
+                iad_alpha1=-1.0, iad_alpha2=-1.0)
+  (tmp_path / "config.json").write_text(json.dumps({"method": legacy, "seed": 3}))
+  c = load_saved(str(tmp_path))
+  assert c.seed == 3 and c.eps == 8 / 255
+  assert c.method.to_dict() == dict(method_config("awp", awp_base="trades").to_dict(),
+                                    attack=legacy["attack"])
