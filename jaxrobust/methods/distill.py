@@ -118,6 +118,11 @@ class ARDDistill:
     return attack_in_view(self.attack, model, params, batch_stats, x, y, rng, bn=self.attack_bn)
 
   def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """The ARD loss (teacher on ``x``); ``(loss, (batch_stats, sums))``.
+
+    Raises:
+      ValueError: no teacher (graph or ``frozen`` weights).
+    """
     del step
     t_clean = teacher_logits(self.teacher, frozen, x)
     need_clean = self.alpha != 1.0 or self.bn_updates == "official"
@@ -176,6 +181,11 @@ class IAD:
     return attack_in_view(self.attack, model, params, batch_stats, x, y, rng, bn=self.attack_bn)
 
   def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """The IAD loss, introspection from ``begin_step``; ``(loss, (batch_stats, sums))``.
+
+    Raises:
+      ValueError: no teacher, or ``begin_step`` unresolved while ``step`` is given.
+    """
     two = self.natural_teacher is not None
     if step is None or self.begin_step == 0:
       introspect = True
@@ -247,6 +257,7 @@ class RSLAD:
     return x_adv, t_clean
 
   def loss(self, params, batch_stats, model, x, y, aux, rng, frozen=None, step=None):
+    """The RSLAD loss with ``aux = (x_adv, T(x))``; ``(loss, (batch_stats, sums))``."""
     del frozen, step
     x_adv, t_clean = aux
     logits, stats = train_passes(model, params, batch_stats, {"adv": x_adv, "clean": x}, rng)
