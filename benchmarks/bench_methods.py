@@ -55,11 +55,13 @@ def method_config(method: str, model: str, batch: int):
   c.model.normalize = "cifar10"
   c.train.batch_size = batch
   if method == "standard":
-    c.method.name = "standard"
+    from jaxrobust.methods import method_config  # pylint: disable=g-import-not-at-top
+    c.method = method_config("standard")
   if method == "fgsm_at":
     c.model.name = model  # :local set simple_cnn; keep the benchmark model.
   c.lock()
-  return c
+  from jaxrobust.train import resolve_config  # pylint: disable=g-import-not-at-top
+  return resolve_config(c)  # attacks with config.eps filled in, as the trainer runs them.
 
 
 def build_step(config, steps_per_epoch: int = 390):

@@ -267,7 +267,9 @@ def run_jax_train(spec: dict) -> dict:
   from jaxrobust.train.step import jit_train_step, make_train_step  # pylint: disable=g-import-not-at-top
 
   def build(num_steps, unroll):
-    config = default_config()  # PGD-AT of PreAct-ResNet-18, attack_bn='train'.
+    from jaxrobust.train.defaults import resolve_config  # pylint: disable=g-import-not-at-top
+    config = resolve_config(default_config())  # PGD-AT of PreAct-ResNet-18, attack_bn='train'.
+    config.unlock()
     attack = dict(config.method.attack)
     attack["num_steps"] = num_steps
     if unroll is not None:

@@ -31,6 +31,7 @@ plus the teacher's forward passes): ``simple_cnn`` student, 3-step attack
 ``:smoke`` — 4 steps of a tiny student (tests; the test trains a tiny
 teacher with ``cifar10_pgd_at.py:smoke`` first and sets the workdir).
 """
+from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
@@ -39,14 +40,12 @@ def get_config(arg=None):
   c = default_config()
   c.model.name = "mobilenet_v2"
   c.model.normalize = "none"
-  c.method.name = "ard_distill"
-  c.method.attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                         norm="linf", loss="ce", random_start="uniform")
-  c.method.attack_bn = "train"
-  c.method.alpha = 1.0
-  c.method.temperature = 30.0
-  c.method.kl_reduction = "mean"
-  c.method.teacher_workdir = ""  # --config.method.teacher_workdir=runs/trades
+  c.eps = 8 / 255  # every attack: training, validation, test.
+  c.method = method_config(
+      "ard_distill", attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                                 random_start="uniform"),
+      attack_bn="train", alpha=1.0, temperature=30.0, kl_reduction="mean",
+      teacher_workdir="")  # --config.method.teacher_workdir=runs/trades
   c.train.batch_size = 128
   c.train.num_epochs = 200
   c.train.lr = 0.1

@@ -30,28 +30,29 @@ Runtime: one extra forward-backward pass per step on top of the base method.
 epochs, one-cycle lr 0.2, AWP from the start.
 ``:smoke`` — 4 steps of a tiny model on a slice of the data (tests).
 """
+from jaxrobust.attacks.threat import attack_config
+from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, local=False, smoke=False, trades=False, model="")
-  c = default_config()  # Rice et al. PGD-AT of PreAct-ResNet-18.
-  c.method.name = "awp"
-  c.method.awp_base = "pgd_at"
-  c.method.attack_bn = "train"
-  c.method.awp_gamma = 0.01
-  c.method.awp_warmup_epochs = 0.0
+  c = default_config()  # Rice et al. PGD-AT of PreAct-ResNet-18, eps 8/255.
+  c.eps = 8 / 255  # every attack: training, validation, test.
+  c.method = method_config(
+      "awp", awp_base="pgd_at",
+      attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                  random_start="uniform"),
+      attack_bn="train", awp_gamma=0.01, awp_warmup_epochs=0.0, proxy_lr=0.01)
   if arg.trades:
     c.model.name = "wrn_34_10"
     c.model.normalize = "none"
-    c.method.awp_base = "trades"
-    c.method.attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                           norm="linf", loss="kl", random_start="normal")
-    c.method.attack_bn = "eval"
-    c.method.beta = 6.0
-    c.method.kl_reduction = "batchmean"
-    c.method.awp_gamma = 0.005
-    c.method.awp_warmup_epochs = 9.0
+    c.method = method_config(
+        "awp", awp_base="trades",
+        attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="kl",
+                    random_start="normal"),
+        attack_bn="eval", beta=6.0, kl_reduction="batchmean", awp_gamma=0.005,
+        awp_warmup_epochs=9.0, proxy_lr=0.1)
     c.train.num_epochs = 200
     c.train.weight_decay = 5e-4
     c.train.boundaries = (99 / 200, 149 / 200)
@@ -63,11 +64,10 @@ def get_config(arg=None):
     if arg.trades:
       c.method.attack.update(num_steps=3, step_size=0.012)
     else:
-      c.method.attack = dict(name="fgsm", eps=8 / 255, step_size=10 / 255,
-                             random_start="uniform")
+      c.method.attack = attack_config("fgsm", step_size=10 / 255, random_start="uniform")
     c.method.awp_warmup_epochs = 0.0
-    c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                             random_start="uniform")
+    c.eval.val_attack = attack_config("pgd", step_size=2 / 255, num_steps=10,
+                                      random_start="uniform")
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)
   return c

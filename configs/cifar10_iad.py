@@ -29,6 +29,7 @@ one-cycle lr 0.2, introspection from epoch 3.
 ``:smoke`` — 4 steps of a tiny student, introspection from step 2 (tests;
 the test trains a tiny teacher with ``cifar10_pgd_at.py:smoke`` first).
 """
+from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
@@ -37,15 +38,12 @@ def get_config(arg=None):
   c = default_config()
   c.model.name = "resnet18"
   c.model.normalize = "none"
-  c.method.name = "iad"
-  c.method.attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                         norm="linf", loss="ce", random_start="uniform")
-  c.method.attack_bn = "train"
-  c.method.alpha = 1.0
-  c.method.beta = 0.1
-  c.method.temperature = 1.0
-  c.method.iad_begin_epochs = 60.0
-  c.method.teacher_workdir = ""  # --config.method.teacher_workdir=runs/at_resnet18
+  c.eps = 8 / 255  # every attack: training, validation, test.
+  c.method = method_config(
+      "iad", attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                         random_start="uniform"),
+      attack_bn="train", alpha=1.0, beta=0.1, temperature=1.0, iad_begin_epochs=60.0,
+      teacher_workdir="")  # --config.method.teacher_workdir=runs/at_resnet18
   c.train.batch_size = 128
   c.train.num_epochs = 200
   c.train.lr = 0.1

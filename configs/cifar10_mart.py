@@ -21,6 +21,8 @@ weight decay 3.5e-3, 120 epochs, x0.1 at (1-indexed) epochs 75, 90 and 100.
 ``simple_cnn``, 3-step attack (step 0.012), 5 epochs, one-cycle lr 0.2.
 ``:smoke`` — 4 steps of a tiny model on a slice of the data (tests).
 """
+from jaxrobust.attacks.threat import attack_config
+from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
@@ -29,11 +31,11 @@ def get_config(arg=None):
   c = default_config()
   c.model.name = "wrn_34_10"
   c.model.normalize = "none"
-  c.method.name = "mart"
-  c.method.attack = dict(name="pgd", eps=0.031, step_size=0.007, num_steps=10, norm="linf",
-                         loss="ce", random_start="normal")
-  c.method.attack_bn = "eval"
-  c.method.beta = 6.0
+  c.eps = 0.031  # every attack: training, validation, test.
+  c.method = method_config(
+      "mart", attack=dict(name="pgd", step_size=0.007, num_steps=10, loss="ce",
+                          random_start="normal"),
+      attack_bn="eval", beta=6.0)
   c.train.batch_size = 128
   c.train.num_epochs = 90
   c.train.lr = 0.1
@@ -41,10 +43,10 @@ def get_config(arg=None):
   c.train.schedule = "piecewise"
   c.train.boundaries = (74 / 90, 89 / 90)
   c.train.scales = (0.1, 0.1)
-  c.eval.val_attack = dict(name="pgd", eps=0.031, step_size=0.0031, num_steps=10,
-                           norm="linf", loss="ce", random_start="uniform")
-  c.eval.test_attack = dict(name="pgd", eps=0.031, step_size=0.0031, num_steps=20,
-                            norm="linf", loss="ce", random_start="uniform")
+  c.eval.val_attack = attack_config("pgd", step_size=0.0031, num_steps=10, loss="ce",
+                                    random_start="uniform")
+  c.eval.test_attack = attack_config("pgd", step_size=0.0031, num_steps=20, loss="ce",
+                                     random_start="uniform")
   if arg.resnet18:
     c.model.name = "resnet18"
     c.method.beta = 5.0

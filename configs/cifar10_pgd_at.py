@@ -17,24 +17,24 @@ methods' ``:local`` variants (the "SAT" row of the CPU-scale comparison).
 
     python -m jaxrobust.train --config configs/cifar10_pgd_at.py:local --workdir runs/local
 """
+from jaxrobust.attacks.threat import attack_config
+from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, local=False, smoke=False, pgd_steps=0)
-  c = default_config()
+  c = default_config()  # PGD-10 (2/255) in train-mode BN at c.eps = 8/255, L-inf.
   if arg.local or arg.smoke:
     apply_local(c)
-    c.method.name = "fgsm_at"
-    c.method.attack = dict(name="fgsm", eps=8 / 255, step_size=10 / 255,
-                           random_start="uniform")
+    c.method = method_config("fgsm_at", attack=dict(name="fgsm", step_size=10 / 255,
+                                                    random_start="uniform"))
     if arg.pgd_steps:
-      c.method.name = "pgd_at"
-      c.method.attack = dict(name="pgd", eps=8 / 255, step_size=3 / 255,
-                             num_steps=arg.pgd_steps, norm="linf", loss="ce",
-                             random_start="uniform")
-    c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                             random_start="uniform")
+      c.method = method_config("pgd_at", attack=dict(
+          name="pgd", step_size=3 / 255, num_steps=arg.pgd_steps, loss="ce",
+          random_start="uniform"))
+    c.eval.val_attack = attack_config("pgd", step_size=2 / 255, num_steps=10,
+                                      random_start="uniform")
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)
   return c

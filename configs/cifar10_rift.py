@@ -37,14 +37,14 @@ def get_config(arg=None):
     c.mrc.num_examples = 64
     c.mrc.num_epochs = 2
     c.mrc.batch_size = 32
-    c.mrc.attack = dict(c.mrc.attack, num_steps=2)
+    c.mrc.attack.num_steps = 2
     c.finetune.num_steps = 4
     c.finetune.batch_size = 32
     c.interpolation.alphas = (0.0, 0.5, 1.0)
     c.eval.batch_size = 40
     c.eval.test_size = 80
-    c.eval.val_attack = dict(c.eval.val_attack, num_steps=2)
-    c.eval.test_attack = dict(c.eval.test_attack, num_steps=2)
+    c.eval.val_attack.num_steps = 2
+    c.eval.test_attack.num_steps = 2
     c.eval.autoattack_examples = 0
     c.eval.ood.corruptions = ("gaussian_noise", "fog")
     c.eval.ood.severities = (1, 5)

@@ -28,6 +28,8 @@ epochs, one-cycle lr 0.2.
 ``:smoke`` — 4 steps of a tiny student (tests; the test trains a tiny
 teacher with ``cifar10_pgd_at.py:smoke`` first).
 """
+from jaxrobust.attacks.threat import attack_config
+from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
@@ -36,13 +38,12 @@ def get_config(arg=None):
   c = default_config()
   c.model.name = "mobilenet_v2" if arg.mobilenet else "resnet18"
   c.model.normalize = "none"
-  c.method.name = "rslad"
-  c.method.attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                         norm="linf", loss="kl", random_start="normal")
-  c.method.attack_bn = "eval"
-  c.method.alpha = 5 / 6
-  c.method.kl_reduction = "mean"
-  c.method.teacher_workdir = ""  # --config.method.teacher_workdir=runs/trades
+  c.eps = 8 / 255  # every attack: training, validation, test.
+  c.method = method_config(
+      "rslad", attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="kl",
+                           random_start="normal"),
+      attack_bn="eval", alpha=5 / 6, kl_reduction="mean",
+      teacher_workdir="")  # --config.method.teacher_workdir=runs/trades
   c.train.batch_size = 128
   c.train.num_epochs = 300
   c.train.lr = 0.1
@@ -50,10 +51,10 @@ def get_config(arg=None):
   c.train.schedule = "piecewise"
   c.train.boundaries = (215 / 300, 260 / 300, 285 / 300)
   c.train.scales = (0.1, 0.1, 0.1)
-  c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=0.003, num_steps=10,
-                           norm="linf", loss="ce", random_start="uniform")
-  c.eval.test_attack = dict(name="pgd", eps=8 / 255, step_size=0.003, num_steps=20,
-                            norm="linf", loss="ce", random_start="uniform")
+  c.eval.val_attack = attack_config("pgd", step_size=0.003, num_steps=10, loss="ce",
+                                    random_start="uniform")
+  c.eval.test_attack = attack_config("pgd", step_size=0.003, num_steps=20, loss="ce",
+                                     random_start="uniform")
   if arg.local or arg.smoke:
     apply_local(c)
     c.method.attack.update(num_steps=3, step_size=3 / 255)

@@ -23,6 +23,8 @@ This run is also the teacher of ``cifar10_ard.py`` and ``cifar10_rslad.py``.
 ``simple_cnn``, 3-step inner max (step 0.012), 5 epochs, one-cycle lr 0.2.
 ``:smoke`` — 4 steps of a tiny model on a slice of the data (tests).
 """
+from jaxrobust.attacks.threat import attack_config
+from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 
@@ -31,12 +33,11 @@ def get_config(arg=None):
   c = default_config()
   c.model.name = "wrn_34_10"
   c.model.normalize = "none"
-  c.method.name = "trades"
-  c.method.attack = dict(name="pgd", eps=0.031, step_size=0.007, num_steps=10, norm="linf",
-                         loss="kl", random_start="normal")
-  c.method.attack_bn = "eval"
-  c.method.beta = 6.0
-  c.method.kl_reduction = "batchmean"
+  c.eps = 0.031  # every attack: training, validation, test.
+  c.method = method_config(
+      "trades", attack=dict(name="pgd", step_size=0.007, num_steps=10, loss="kl",
+                            random_start="normal"),
+      attack_bn="eval", beta=6.0, kl_reduction="batchmean")
   c.train.batch_size = 128
   c.train.num_epochs = 76
   c.train.lr = 0.1
@@ -44,10 +45,10 @@ def get_config(arg=None):
   c.train.schedule = "piecewise"
   c.train.boundaries = (74 / 76,)
   c.train.scales = (0.1,)
-  c.eval.val_attack = dict(name="pgd", eps=0.031, step_size=0.003, num_steps=10,
-                           norm="linf", loss="ce", random_start="uniform")
-  c.eval.test_attack = dict(name="pgd", eps=0.031, step_size=0.003, num_steps=20,
-                            norm="linf", loss="ce", random_start="uniform")
+  c.eval.val_attack = attack_config("pgd", step_size=0.003, num_steps=10, loss="ce",
+                                    random_start="uniform")
+  c.eval.test_attack = attack_config("pgd", step_size=0.003, num_steps=20, loss="ce",
+                                     random_start="uniform")
   if arg.local or arg.smoke:
     apply_local(c)
     c.method.attack.update(num_steps=3, step_size=0.012)

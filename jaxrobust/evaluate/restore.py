@@ -14,7 +14,7 @@ from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import CheckpointError, ConfigError
 from jaxrobust.methods import ModelFns
 from jaxrobust.train.builders import build_model, image_shape_of, model_fingerprint
-from jaxrobust.train.defaults import default_config
+from jaxrobust.train.defaults import config_for_saved
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import create_train_state
 
@@ -56,8 +56,7 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
                           f"python -m jaxrobust.train")
   with open(path, encoding="utf-8") as f:
     saved = json.load(f)
-  config = default_config()
-  config.unlock()
+  config, saved = config_for_saved(saved)
   try:
     config.update_from_flattened_dict(_flatten(saved))
   except (KeyError, AttributeError, TypeError) as e:

@@ -21,25 +21,49 @@ from typing import Callable
 
 import jax
 
-from jaxrobust.methods.base import accuracy_sum, cross_entropy
+from jaxrobust.methods.base import accuracy_sum, attack_in_view, cross_entropy
+from jaxrobust.methods.registry import BN_VIEWS, choice, register_method
 
 
 @dataclasses.dataclass(frozen=True)
 class AdversarialTraining:
-  """Madry-style adversarial training with an arbitrary attack."""
+  """Madry-style adversarial training with an arbitrary attack.
+
+  Attributes:
+    attack: ``attack(logits_fn, rng, x, y) -> x_adv``.
+    attack_bn: BatchNorm view of the attack, ``'train'`` or ``'eval'``.
+    name: ``'pgd_at'`` or ``'fgsm_at'`` (logging only).
+  """
   attack: Callable
   attack_bn: str = "train"
   name: str = "pgd_at"
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """float32 ``x_adv`` ``[B, H, W, C]``: the attack in the ``attack_bn`` view."""
     del frozen, step
-    logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
-    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y)
+    return attack_in_view(self.attack, model, params, batch_stats, x, y, rng, bn=self.attack_bn)
 
   def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """Mean CE of the train-mode logits of ``x_adv``; ``(loss, (batch_stats, sums))``."""
     del x, frozen, step
     logits, new_bs = model.apply(params, batch_stats, x_adv, train=True,
                                  key=jax.random.fold_in(rng, 1))
     loss = cross_entropy(logits, y)
     return loss, (new_bs, {"loss": loss * y.shape[0],
                            "adv_accuracy": accuracy_sum(logits, y)})
+
+
+# Official settings: Rice et al. / AT_AWP (PGD-10, 2/255, uniform start, train-mode BN) and
+# Wong et al. (FGSM, step 1.25 eps = 10/255 at 8/255, uniform start). eps / norm: config.eps.
+register_method(
+    "pgd_at", settings=dict(attack_bn="train"),
+    attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce", random_start="uniform"),
+    build=lambda s, ctx: AdversarialTraining(ctx.attack(s, ("pgd",)),
+                                             choice(s, "attack_bn", BN_VIEWS), "pgd_at"),
+    doc="PGD adversarial training (Madry et al. 2018)")
+register_method(
+    "fgsm_at", settings=dict(attack_bn="train"),
+    attack=dict(name="fgsm", step_size=10 / 255, random_start="uniform"),
+    build=lambda s, ctx: AdversarialTraining(ctx.attack(s, ("fgsm",)),
+                                             choice(s, "attack_bn", BN_VIEWS), "fgsm_at"),
+    doc="FGSM adversarial training with random init (Wong et al. 2020)")

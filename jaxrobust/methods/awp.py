@@ -51,7 +51,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxrobust.errors import ConfigError
+from jaxrobust.methods.adversarial import AdversarialTraining
+from jaxrobust.methods.registry import (BN_VIEWS, choice, positive, register_method)
+from jaxrobust.methods.trades import TRADES_ATTACK, TRADES_SETTINGS, build_trades
+
 AWP_EPS = 1e-20
+AWP_BASES = ("pgd_at", "trades")
 
 
 def is_perturbed_leaf(path, leaf) -> bool:
@@ -144,3 +150,49 @@ class AWP:
       extra = sum(jnp.vdot(d, w) for d, w in zip(jax.tree.leaves(v), jax.tree.leaves(params)))
       loss = loss + self.coupled_weight_decay * extra
     return loss, (new_bs, metrics)
+
+
+# Official settings per base method: AT-AWP (``AT_AWP/train_cifar10.py``: gamma 0.01, proxy
+# lr 0.01, no warm-up, the PGD-AT attack in train-mode BN) and TRADES-AWP
+# (``trades_AWP/train_trades_cifar.py``: gamma 0.005, proxy lr 0.1, AWP from epoch 10,
+# the TRADES inner max and loss with the passes adversarial, clean, clean).
+AWP_OFFICIAL = {
+    "pgd_at": dict(awp_base="pgd_at", attack_bn="train", awp_gamma=0.01,
+                   awp_warmup_epochs=0.0, proxy_lr=0.01),
+    "trades": dict(awp_base="trades", **TRADES_SETTINGS, awp_gamma=0.005,
+                   awp_warmup_epochs=9.0, proxy_lr=0.1),
+}
+AWP_ATTACKS = {
+    "pgd_at": dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                   random_start="uniform"),
+    "trades": dict(TRADES_ATTACK, step_size=2 / 255),
+}
+
+
+def _awp_settings(given):
+  base = given.get("awp_base", "pgd_at")
+  if base not in AWP_BASES:
+    raise ConfigError(f"config.method.awp_base must be one of {AWP_BASES}, got {base!r}")
+  return AWP_OFFICIAL[base]
+
+
+def build_awp(settings, ctx) -> AWP:
+  """:class:`AWP` around the ``awp_base`` method, from resolved settings.
+
+  Raises:
+    ConfigError: invalid base, gamma, proxy lr or base settings.
+  """
+  if choice(settings, "awp_base", AWP_BASES) == "pgd_at":
+    base = AdversarialTraining(ctx.attack(settings, ("pgd", "fgsm")),
+                               choice(settings, "attack_bn", BN_VIEWS), "pgd_at")
+  else:
+    base = build_trades(settings, ctx, bn_sequence=("adv", "clean", "clean"))
+  return AWP(base, gamma=positive(settings, "awp_gamma", allow_zero=True),
+             proxy_lr=positive(settings, "proxy_lr"),
+             warmup_steps=ctx.epochs_to_steps(settings["awp_warmup_epochs"]),
+             coupled_weight_decay=ctx.weight_decay)
+
+
+register_method("awp", settings=_awp_settings,
+                attack=lambda s: AWP_ATTACKS[s["awp_base"]], build=build_awp,
+                doc="adversarial weight perturbation (Wu et al. 2020) around pgd_at or trades")

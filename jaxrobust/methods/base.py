@@ -174,3 +174,31 @@ def cross_entropy(logits, y):
   """Mean cross-entropy over the batch (``torch.nn.CrossEntropyLoss()``)."""
   logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
   return -jnp.mean(jnp.take_along_axis(logp, y[:, None], -1))
+
+
+def attack_in_view(attack: Callable, model: ModelFns, params, batch_stats, x, y, rng, *,
+                   bn: str, **extra) -> Any:
+  """Runs a method's training attack against the model in BatchNorm view ``bn``.
+
+  The one body of every method's ``perturb``: ``attack(model.logits_fn(params,
+  batch_stats, bn=bn), fold_in(rng, 0), x, y, **extra)``. Neither view
+  updates the running averages (see :meth:`ModelFns.logits_fn`).
+
+  Args:
+    attack: ``attack(logits_fn, rng, x, y, **extra) -> x_adv``.
+    model: the student's :class:`ModelFns`.
+    params, batch_stats: its weights and running averages.
+    x: float32 ``[B, H, W, C]`` clean batch in [0, 1].
+    y: int32 ``[B]`` labels.
+    rng: the step's PRNG key (the attack gets ``fold_in(rng, 0)``).
+    bn: ``'train'`` (batch statistics) or ``'eval'`` (running averages).
+    **extra: passed to the attack (e.g. RSLAD's ``ref_logits``).
+
+  Returns:
+    What the attack returns (float32 ``x_adv`` of ``x``'s shape).
+
+  Raises:
+    ValueError: unknown ``bn``.
+  """
+  logits_fn = model.logits_fn(params, batch_stats, bn=bn)
+  return attack(logits_fn, jax.random.fold_in(rng, 0), x, y, **extra)

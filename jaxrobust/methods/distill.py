@@ -47,9 +47,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.losses import REDUCTIONS, ard_loss, iad_loss, rslad_loss
-from jaxrobust.methods.base import ModelFns, accuracy_sum, replay_bn_updates, train_passes
-
-BN_UPDATES = ("official", "once")
+from jaxrobust.methods.base import (ModelFns, accuracy_sum, attack_in_view, replay_bn_updates,
+                                    train_passes)
+from jaxrobust.methods.registry import (BN_UPDATES, BN_VIEWS, TEACHER_SETTINGS, choice,
+                                        positive, register_method, unit_interval)
 
 
 def teacher_logits(teacher: ModelFns | None, weights, x, name: str = "teacher") -> jax.Array:
@@ -112,11 +113,16 @@ class ARDDistill:
     _check(self.bn_updates, self.kl_reduction)
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """float32 ``x_adv`` ``[B, H, W, C]``: the student attack in the ``attack_bn`` view."""
     del frozen, step
-    logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
-    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y)
+    return attack_in_view(self.attack, model, params, batch_stats, x, y, rng, bn=self.attack_bn)
 
   def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """The ARD loss (teacher on ``x``); ``(loss, (batch_stats, sums))``.
+
+    Raises:
+      ValueError: no teacher (graph or ``frozen`` weights).
+    """
     del step
     t_clean = teacher_logits(self.teacher, frozen, x)
     need_clean = self.alpha != 1.0 or self.bn_updates == "official"
@@ -170,11 +176,16 @@ class IAD:
     _check(self.bn_updates)
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """float32 ``x_adv`` ``[B, H, W, C]``: the student attack in the ``attack_bn`` view."""
     del frozen, step
-    logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
-    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y)
+    return attack_in_view(self.attack, model, params, batch_stats, x, y, rng, bn=self.attack_bn)
 
   def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """The IAD loss, introspection from ``begin_step``; ``(loss, (batch_stats, sums))``.
+
+    Raises:
+      ValueError: no teacher, or ``begin_step`` unresolved while ``step`` is given.
+    """
     two = self.natural_teacher is not None
     if step is None or self.begin_step == 0:
       introspect = True
@@ -238,13 +249,15 @@ class RSLAD:
     _check(self.bn_updates, self.kl_reduction)
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """``(x_adv, T(x))``: float32 ``[B, H, W, C]`` and the teacher's ``[B, K]`` logits."""
     del step
     t_clean = teacher_logits(self.teacher, frozen, x)
-    logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
-    x_adv = self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y, ref_logits=t_clean)
+    x_adv = attack_in_view(self.attack, model, params, batch_stats, x, y, rng,
+                           bn=self.attack_bn, ref_logits=t_clean)
     return x_adv, t_clean
 
   def loss(self, params, batch_stats, model, x, y, aux, rng, frozen=None, step=None):
+    """The RSLAD loss with ``aux = (x_adv, T(x))``; ``(loss, (batch_stats, sums))``."""
     del frozen, step
     x_adv, t_clean = aux
     logits, stats = train_passes(model, params, batch_stats, {"adv": x_adv, "clean": x}, rng)
@@ -254,6 +267,67 @@ class RSLAD:
                                model.bn_momentum(params, batch_stats))
     return loss, (new_bs, _metrics(loss, y, logits))
 
+
+# Official settings. ARD (``goldblum/AdversariallyRobustDistillation:main.py``): student CE
+# PGD-10, 2/255, uniform start, train-mode BN; alpha 1, T 30, KL mean over B*C. IAD
+# (``ZFancy/IAD:IAD-I.py, IAD-II.py``): the same attack; beta 0.1, alpha 1, T 1,
+# introspection from epoch 60 (IAD-I) or 40 (IAD-II), alpha1 0.5, alpha2 0.25. RSLAD
+# (``zibojia/RSLAD``): 10 x 2/255 on KL(T(x) || S(x')) from x + 0.001 N(0, 1), eval-mode BN;
+# alpha 5/6, KL mean over B*C. eps 8/255: config.eps.
+_STUDENT_CE_PGD = dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                       random_start="uniform")
+
+
+def _build_ard(s, ctx) -> ARDDistill:
+  return ARDDistill(ctx.attack(s, ("pgd", "fgsm")), ctx.teacher(0),
+                    alpha=unit_interval(s, "alpha", "ard_distill"),
+                    temperature=positive(s, "temperature"),
+                    kl_reduction=choice(s, "kl_reduction", REDUCTIONS[:3]),
+                    attack_bn=choice(s, "attack_bn", BN_VIEWS),
+                    bn_updates=choice(s, "bn_updates", BN_UPDATES))
+
+
+def _iad_settings(given):
+  two = bool(given.get("teacher2_workdir", ""))
+  return dict(beta=0.1, alpha=1.0, temperature=1.0, iad_begin_epochs=40.0 if two else 60.0,
+              iad_alpha1=0.5, iad_alpha2=0.25, attack_bn="train", bn_updates="official",
+              **TEACHER_SETTINGS,
+              teacher2_workdir="")  # IAD-II: the naturally trained teacher ('' -> IAD-I).
+
+
+def _build_iad(s, ctx) -> IAD:
+  return IAD(ctx.attack(s, ("pgd", "fgsm")), ctx.teacher(0), ctx.teacher(1),
+             beta=positive(s, "beta", allow_zero=True), alpha=float(s["alpha"]),
+             temperature=positive(s, "temperature"), alpha1=float(s["iad_alpha1"]),
+             alpha2=float(s["iad_alpha2"]),
+             begin_step=ctx.epochs_to_steps(s["iad_begin_epochs"]),
+             attack_bn=choice(s, "attack_bn", BN_VIEWS),
+             bn_updates=choice(s, "bn_updates", BN_UPDATES))
+
+
+def _build_rslad(s, ctx) -> RSLAD:
+  return RSLAD(ctx.attack(s, ("pgd", "fgsm"), kl=True), ctx.teacher(0),
+               alpha=unit_interval(s, "alpha", "rslad"),
+               kl_reduction=choice(s, "kl_reduction", REDUCTIONS[:3]),
+               attack_bn=choice(s, "attack_bn", BN_VIEWS),
+               bn_updates=choice(s, "bn_updates", BN_UPDATES))
+
+
+register_method(
+    "ard_distill", attack=_STUDENT_CE_PGD, teachers=1, build=_build_ard,
+    settings=dict(alpha=1.0, temperature=30.0, kl_reduction="mean", attack_bn="train",
+                  bn_updates="official", **TEACHER_SETTINGS),
+    doc="adversarially robust distillation (Goldblum et al. 2020)")
+register_method(
+    "iad", attack=_STUDENT_CE_PGD, settings=_iad_settings, build=_build_iad,
+    teachers=lambda s: 2 if s["teacher2_workdir"] else 1,
+    doc="introspective adversarial distillation, IAD-I / IAD-II (Zhu et al. 2022)")
+register_method(
+    "rslad", teachers=1, build=_build_rslad,
+    attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="kl", random_start="normal"),
+    settings=dict(alpha=5.0 / 6.0, kl_reduction="mean", attack_bn="eval",
+                  bn_updates="official", **TEACHER_SETTINGS),
+    doc="robust soft label adversarial distillation (Zi et al. 2021)")
 
 DISTILL_METHODS = ("ard_distill", "iad", "rslad")
 __all__ = ["ARDDistill", "DISTILL_METHODS", "IAD", "RSLAD", "teacher_logits"]

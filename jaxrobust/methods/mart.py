@@ -23,10 +23,10 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import jax
-
 from jaxrobust.losses import mart_loss
-from jaxrobust.methods.base import accuracy_sum, replay_bn_updates, train_passes
+from jaxrobust.methods.base import (accuracy_sum, attack_in_view, replay_bn_updates,
+                                    train_passes)
+from jaxrobust.methods.registry import BN_VIEWS, choice, positive, register_method
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,11 +46,12 @@ class MART:
   name: str = "mart"
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """float32 ``x_adv`` ``[B, H, W, C]``: CE PGD in the ``attack_bn`` view."""
     del frozen, step
-    logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
-    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y)
+    return attack_in_view(self.attack, model, params, batch_stats, x, y, rng, bn=self.attack_bn)
 
   def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """The MART loss on train-mode logits; ``(loss, (batch_stats, sums))``."""
     del frozen, step
     logits, stats = train_passes(model, params, batch_stats, {"clean": x, "adv": x_adv}, rng)
     loss = mart_loss(logits["clean"], logits["adv"], y, beta=self.beta,
@@ -60,3 +61,13 @@ class MART:
     n = y.shape[0]
     return loss, (new_bs, {"loss": loss * n, "accuracy": accuracy_sum(logits["clean"], y),
                            "adv_accuracy": accuracy_sum(logits["adv"], y)})
+
+
+# Official settings (``YisenWang/MART:train_wideresnet.py``): CE PGD-10, step 0.007, from
+# x + 0.001 N(0, 1), eval-mode BN, beta 6; eps 0.031: config.eps.
+register_method(
+    "mart", settings=dict(beta=6.0, attack_bn="eval"),
+    attack=dict(name="pgd", step_size=0.007, num_steps=10, loss="ce", random_start="normal"),
+    build=lambda s, ctx: MART(ctx.attack(s, ("pgd", "fgsm")), beta=positive(s, "beta", True),
+                              attack_bn=choice(s, "attack_bn", BN_VIEWS)),
+    doc="MART (Wang et al. 2020)")

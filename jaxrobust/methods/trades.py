@@ -42,9 +42,11 @@ import jax.numpy as jnp
 
 from jaxrobust.attacks import default_unroll
 from jaxrobust.losses import REDUCTIONS, kl_divergence, trades_loss
-from jaxrobust.methods.base import accuracy_sum, replay_bn_updates, train_passes
-
-BN_UPDATES = ("official", "once")
+from jaxrobust.errors import ConfigError
+from jaxrobust.methods.base import (accuracy_sum, attack_in_view, replay_bn_updates,
+                                    train_passes)
+from jaxrobust.methods.registry import (BN_UPDATES, BN_VIEWS, choice, positive,
+                                        register_method)
 
 
 def _l2(v):
@@ -132,11 +134,16 @@ class TRADES:
       raise ValueError(f"kl_reduction must be one of {REDUCTIONS[:3]}")
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """float32 ``x_adv`` ``[B, H, W, C]``: the inner max in the ``attack_bn`` view."""
     del frozen, step
-    logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
-    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y)
+    return attack_in_view(self.attack, model, params, batch_stats, x, y, rng, bn=self.attack_bn)
 
   def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """The TRADES loss on train-mode logits; ``(loss, (batch_stats, sums))``.
+
+    ``x``, ``x_adv``: float32 ``[B, H, W, C]``; ``y``: int32 ``[B]``. The
+    new running averages follow ``bn_sequence`` (``bn_updates='official'``).
+    """
     del frozen, step
     logits, stats = train_passes(model, params, batch_stats, {"clean": x, "adv": x_adv}, rng)
     loss = trades_loss(logits["clean"], logits["adv"], y, beta=self.beta,
@@ -147,3 +154,51 @@ class TRADES:
     n = y.shape[0]
     return loss, (new_bs, {"loss": loss * n, "accuracy": accuracy_sum(logits["clean"], y),
                            "adv_accuracy": accuracy_sum(logits["adv"], y)})
+
+
+def trades_l2_attack(cfg) -> Callable:
+  """``dict(name='trades_l2', eps, step_size, num_steps)`` -> the TRADES L2 inner max.
+
+  Raises:
+    ConfigError: other keys, or eps / step_size <= 0 or num_steps < 1.
+  """
+  keys = set(cfg) - {"name"}
+  if keys != {"eps", "step_size", "num_steps"}:
+    raise ConfigError(f"attack 'trades_l2' takes exactly eps, step_size, num_steps; got "
+                      f"{sorted(keys)}")
+  if not (cfg["eps"] > 0 and cfg["step_size"] > 0 and int(cfg["num_steps"]) >= 1):
+    raise ConfigError("attack 'trades_l2': eps, step_size > 0 and num_steps >= 1 needed")
+  eps, step, n = cfg["eps"], cfg["step_size"], int(cfg["num_steps"])
+
+  def attack(logits_fn, rng, x, y, **extra):
+    return trades_l2_inner_max(logits_fn, rng, x, y, eps=eps, step_size=step, num_steps=n,
+                               **extra)
+  return attack
+
+
+# TRADES's inner max: L-inf PGD on the KL (or the L2 routine ``trades_l2``).
+TRADES_ATTACKS = dict(names=("pgd", "fgsm"), kl=True, builders={"trades_l2": trades_l2_attack})
+# Official settings (``yaodongyu/TRADES:train_trades_cifar10.py``): 10 x 0.007 on the summed
+# KL from x + 0.001 N(0, 1), eval-mode BN, beta 6, batchmean KL; eps 0.031: config.eps.
+TRADES_SETTINGS = dict(beta=6.0, kl_reduction="batchmean", attack_bn="eval",
+                       bn_updates="official")
+TRADES_ATTACK = dict(name="pgd", step_size=0.007, num_steps=10, loss="kl",
+                     random_start="normal")
+
+
+def build_trades(settings, ctx, bn_sequence=("clean", "adv", "clean")) -> TRADES:
+  """:class:`TRADES` from resolved settings (also AWP's TRADES base).
+
+  Raises:
+    ConfigError: invalid beta, kl_reduction, attack_bn, bn_updates or attack.
+  """
+  return TRADES(ctx.attack(settings, **TRADES_ATTACKS),
+                beta=positive(settings, "beta", allow_zero=True),
+                attack_bn=choice(settings, "attack_bn", BN_VIEWS),
+                kl_reduction=choice(settings, "kl_reduction", REDUCTIONS[:3]),
+                bn_updates=choice(settings, "bn_updates", BN_UPDATES),
+                bn_sequence=tuple(bn_sequence))
+
+
+register_method("trades", settings=TRADES_SETTINGS, attack=TRADES_ATTACK, build=build_trades,
+                doc="TRADES (Zhang et al. 2019)")

@@ -9,11 +9,19 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxrobust.attacks import NORMS, attack_from_config
+from jaxrobust.attacks.threat import attack_config, resolve_attack
 from jaxrobust.errors import ConfigError
 
-PGD10 = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10, norm="linf", loss="ce",
-             random_start="uniform")
+# PGD-10 / PGD-20, 2/255, uniform start; eps / norm from config.eps / config.norm.
+PGD10 = dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce", random_start="uniform")
 PGD20 = dict(PGD10, num_steps=20)
+ATTACK_BRANCHES = (("mrc", "attack"), ("eval", "val_attack"), ("eval", "test_attack"))
+
+
+def _pgd(settings):
+  settings = dict(settings)
+  return attack_config(settings.pop("name"), **settings)
 
 
 def default_rift_config() -> ml_collections.ConfigDict:
@@ -23,12 +31,15 @@ def default_rift_config() -> ml_collections.ConfigDict:
   c.num_devices = 0  # 0: all visible devices.
   c.at_workdir = ""  # --workdir of the adversarially trained run (required).
   c.at_which = "best"  # its 'best' (validation-selected) or 'latest' checkpoint.
+  # The threat model of every attack (MRC set, validation, test) that leaves eps / norm unset.
+  c.eps = 8 / 255  # pixel units.
+  c.norm = "linf"
 
   c.mrc = ml_collections.ConfigDict()
   # Official: the CIFAR test split; here the validation split unless 'test' is asked for.
   c.mrc.split = "val"
   c.mrc.num_examples = 0  # 0: the whole split.
-  c.mrc.attack = dict(PGD10)  # official: torchattacks PGD-10, 8/255, 2/225 (typo for 2/255).
+  c.mrc.attack = _pgd(PGD10)  # official: torchattacks PGD-10, 8/255, 2/225 (typo for 2/255).
   c.mrc.attack_batch_size = 200
   c.mrc.xi = 0.1  # relative Frobenius radius of the weight perturbation.
   c.mrc.num_epochs = 10
@@ -60,8 +71,8 @@ def default_rift_config() -> ml_collections.ConfigDict:
 
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 200
-  c.eval.val_attack = dict(PGD10)  # fine-tuning epoch choice, alpha grid, re-init table.
-  c.eval.test_attack = dict(PGD20)
+  c.eval.val_attack = _pgd(PGD10)  # fine-tuning epoch choice, alpha grid, re-init table.
+  c.eval.test_attack = _pgd(PGD20)
   c.eval.test_size = 1000  # test[:1000]: the exact CIFAR-10 subset.
   c.eval.autoattack_examples = 0  # > 0: AA-standard on the first n test images.
   c.eval.ood = ml_collections.ConfigDict()
@@ -77,7 +88,6 @@ def default_rift_config() -> ml_collections.ConfigDict:
 
 def validate_rift_config(c) -> None:
   """Raises ConfigError naming the key and the fix."""
-  from jaxrobust.attacks import attack_from_config  # pylint: disable=g-import-not-at-top
   from jaxrobust.utils.paths import compile_regex  # pylint: disable=g-import-not-at-top
   if not c.at_workdir:
     raise ConfigError("set --config.at_workdir=DIR, the --workdir of an adversarial training run "
@@ -91,9 +101,9 @@ def validate_rift_config(c) -> None:
   compile_regex(c.mrc.include, "config.mrc.include")
   if c.mrc.exclude:
     compile_regex(c.mrc.exclude, "config.mrc.exclude")
-  for key in ("mrc.attack", "eval.val_attack", "eval.test_attack"):
-    section, name = key.split(".")
-    attack_from_config(c[section][name])
+  r = resolve_rift_config(c)
+  for section, name in ATTACK_BRANCHES:
+    attack_from_config(r[section][name])
   f = c.finetune
   if not f.lr > 0 or (f.num_epochs < 1 and f.num_steps < 1) or f.batch_size < 1:
     raise ConfigError("config.finetune needs lr > 0, num_epochs >= 1 and batch_size >= 1")
@@ -112,6 +122,29 @@ def validate_rift_config(c) -> None:
                       f"generated or none")
   if any(s not in (1, 2, 3, 4, 5) for s in c.eval.ood.severities):
     raise ConfigError(f"config.eval.ood.severities={tuple(c.eval.ood.severities)}; use 1..5")
+
+
+def resolve_rift_config(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with ``config.eps`` / ``config.norm`` filled into every attack.
+
+  ``config.mrc.attack``, ``config.eval.val_attack`` and ``config.eval.test_attack``
+  take the top-level threat model where they leave ``eps`` / ``norm`` unset
+  (:func:`jaxrobust.attacks.threat.resolve_attack`); ``config`` is unchanged.
+
+  Raises:
+    ConfigError: ``config.eps`` <= 0 or an unknown ``config.norm``.
+  """
+  if not config.eps > 0:
+    raise ConfigError(f"config.eps must be > 0 (pixel units, e.g. 8/255), got {config.eps}")
+  if config.norm not in NORMS:
+    raise ConfigError(f"config.norm={config.norm!r}; use one of {NORMS}")
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  for section, name in ATTACK_BRANCHES:
+    c[section][name] = resolve_attack(c[section][name], eps=float(config.eps), norm=config.norm,
+                                      where=f"config.{section}.{name}")
+  c.lock()
+  return c
 
 
 def mrc_settings(c):

@@ -37,7 +37,8 @@ from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 from jaxrobust.evaluate.evaluators import (attacks_from_config, evaluate_accuracy,
                                            exact_subset, make_eval_step)
 from jaxrobust.evaluate.restore import load_trained
-from jaxrobust.rift.config import mrc_settings, validate_rift_config
+from jaxrobust.methods import method_config
+from jaxrobust.rift.config import mrc_settings, resolve_rift_config, validate_rift_config
 from jaxrobust.rift.interpolate import interpolate, select_alpha
 from jaxrobust.rift.modules import list_modules, module_regex
 from jaxrobust.rift.mrc import build_adversarial_set, least_critical, mrc_sweep
@@ -85,12 +86,12 @@ def finetune_config(config, at_config, module: str):
   accuracy (the official code selects on test accuracy).
   """
   f = config.finetune
+  r = resolve_rift_config(config)
   c = at_config.copy_and_resolve_references()
   c.unlock()
   c.seed = config.seed
   c.num_devices = config.num_devices
-  c.method.name = "standard"
-  c.method.clean_bn = f.bn
+  c.method = method_config("standard", clean_bn=f.bn)
   c.data.augment, c.data.pad, c.data.pad_mode, c.data.flip = True, 4, "reflect", True
   c.data.test_size = config.eval.test_size
   t = c.train
@@ -104,8 +105,9 @@ def finetune_config(config, at_config, module: str):
   c.eval.select = "val_clean"
   c.eval.every_epochs = 1
   c.eval.batch_size = config.eval.batch_size
-  c.eval.val_attack = dict(config.eval.val_attack)
-  c.eval.test_attack = dict(config.eval.test_attack)
+  c.eps, c.norm = r.eps, r.norm
+  c.eval.val_attack = r.eval.val_attack.to_dict()
+  c.eval.test_attack = r.eval.test_attack.to_dict()
   c.lock()
   return c
 
@@ -164,6 +166,7 @@ def _prepare(config, workdir: str) -> _Run:
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
     f.write(config.to_json_best_effort(indent=2))
+  config = resolve_rift_config(config)  # eps / norm filled into every attack branch.
   mesh = parallel.make_mesh(config.num_devices or None)
   parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
   at = load_trained(config.at_workdir, config.at_which, mesh=mesh)

@@ -1,6 +1,7 @@
 """``python -m jaxrobust.train --config configs/<name>.py[:arg] --workdir DIR``.
 
-Overrides: ``--config.train.num_epochs=5 --config.method.attack.num_steps=7``.
+Overrides: ``--config.train.num_epochs=5 --config.eps=0.0313 --config.method.attack.num_steps=7``
+(``--config.eps`` / ``--config.norm``: the threat model of every attack branch).
 Rerunning the same command in the same workdir resumes from its latest
 checkpoint.
 """

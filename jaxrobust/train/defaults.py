@@ -11,14 +11,28 @@ import os
 
 import ml_collections
 
+from jaxrobust.attacks import NORMS, attack_from_config
+from jaxrobust.attacks.threat import attack_config, resolve_attack
 from jaxrobust.errors import ConfigError
+from jaxrobust.methods import get_method, method_config, method_from_config
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
 
 
 
-def default_config() -> ml_collections.ConfigDict:
-  """Defaults: PGD-AT of PreAct-ResNet-18 on CIFAR-10 (Rice et al. 2020)."""
+def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
+  """Defaults: PGD-AT of PreAct-ResNet-18 on CIFAR-10 (Rice et al. 2020), L-inf eps 8/255.
+
+  Args:
+    method: the registered method whose official settings fill
+      ``config.method`` (:func:`jaxrobust.methods.method_config`).
+
+  Returns:
+    A locked ConfigDict (misspelt keys fail with the valid ones).
+
+  Raises:
+    ConfigError: unknown method.
+  """
   c = ml_collections.ConfigDict()
   c.seed = 0
   c.num_devices = 0  # 0: all visible devices.
@@ -43,31 +57,15 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.normalize = "cifar10"  # mean/std inside the model.
   c.model.dtype = "float32"  # or 'bfloat16' (compute dtype).
 
-  c.method = ml_collections.ConfigDict()
-  c.method.name = "pgd_at"  # see jaxrobust.methods.METHODS.
-  c.method.attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                         norm="linf", loss="ce", random_start="uniform")
-  # BN view of the attack: 'train' (official for pgd_at, AT-AWP, ARD, IAD) or 'eval'
-  # (official for TRADES, TRADES-AWP, MART, RSLAD: their configs set it).
-  c.method.attack_bn = "train"
-  c.method.clean_bn = "train"  # standard: 'train' (update running averages) or 'eval'.
-  # Method settings below: a negative number or '' means the method's official
-  # default (jaxrobust.methods.OFFICIAL).
-  c.method.beta = -1.0  # TRADES/MART KL weight (6); IAD trust exponent (0.1).
-  c.method.alpha = -1.0  # ARD/IAD distillation weight (1); RSLAD adversarial weight (5/6).
-  c.method.temperature = -1.0  # ARD (30), IAD (1).
-  c.method.kl_reduction = ""  # 'batchmean' (TRADES) | 'mean' (ARD, RSLAD) | 'sum'.
-  c.method.bn_updates = "official"  # or 'once': one running-average update per batch.
-  c.method.awp_base = "pgd_at"  # AWP around 'pgd_at' or 'trades'.
-  c.method.awp_gamma = -1.0  # 0.01 (AT-AWP), 0.005 (TRADES-AWP); 0 disables AWP.
-  c.method.awp_warmup_epochs = -1.0  # epochs without AWP: 0 (AT-AWP), 9 (TRADES-AWP).
-  c.method.teacher_workdir = ""  # distillation: workdir of a jaxrobust.train run.
-  c.method.teacher_which = "best"  # 'best' or 'latest' checkpoint of the teacher.
-  c.method.teacher_dtype = ""  # teacher compute dtype: '' as trained, or 'bfloat16'.
-  c.method.teacher2_workdir = ""  # IAD-II: the naturally trained teacher ('' -> IAD-I).
-  c.method.iad_begin_epochs = -1.0  # introspection from this epoch: 60 (IAD-I), 40 (IAD-II).
-  c.method.iad_alpha1 = -1.0  # IAD-II weights: 0.5 ...
-  c.method.iad_alpha2 = -1.0  # ... and 0.25.
+  # The threat model, set once: every attack branch (config.method.attack,
+  # config.eval.val_attack, config.eval.test_attack) that leaves eps / norm unset
+  # takes these (resolve_config); a branch that sets its own keeps it.
+  c.eps = 8 / 255  # pixel units.
+  c.norm = "linf"  # 'linf' or 'l2'.
+
+  # name, attack, and the method's own settings with their official values
+  # (jaxrobust.methods.method_config; config files replace the section with theirs).
+  c.method = method_config(method)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 128
@@ -110,10 +108,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.batch_size = 200
   c.eval.every_epochs = 1
-  c.eval.val_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
-                           norm="linf", loss="ce", random_start="uniform")
-  c.eval.test_attack = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=20,
-                            norm="linf", loss="ce", random_start="uniform")
+  # Validation (checkpoint selection) and test attacks; eps / norm from config.eps / norm.
+  c.eval.val_attack = attack_config("pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                                    random_start="uniform")
+  c.eval.test_attack = attack_config("pgd", step_size=2 / 255, num_steps=20, loss="ce",
+                                     random_start="uniform")
   c.eval.select = "val_robust"  # 'val_robust' or 'val_clean' for the best checkpoint.
   c.lock()
   return c
@@ -162,10 +161,12 @@ def _validate_optimizer(t) -> None:
 
 
 def validate_config(c) -> None:
-  """Checks value ranges and names; raises ConfigError naming the key and the fix."""
-  from jaxrobust.attacks import attack_from_config  # pylint: disable=g-import-not-at-top
+  """Checks value ranges and names; raises ConfigError naming the key and the fix.
+
+  The method and attacks are checked as the trainer builds them (threat model
+  filled in by :func:`resolve_config`).
+  """
   from jaxrobust.data import NUM_CLASSES  # pylint: disable=g-import-not-at-top
-  from jaxrobust.methods import method_from_config  # pylint: disable=g-import-not-at-top
   from jaxrobust.models import MODELS  # pylint: disable=g-import-not-at-top
   if c.data.name not in NUM_CLASSES:
     _fail(f"config.data.name={c.data.name!r} is unknown; choose one of {sorted(NUM_CLASSES)}")
@@ -196,15 +197,93 @@ def validate_config(c) -> None:
           f"a finished python -m jaxrobust.train run")
   if t.trainable:
     compile_regex(t.trainable, "config.train.trainable")
-  m = c.method
-  if m.teacher_which not in ("best", "latest"):
+  r = resolve_config(c)
+  m = r.method
+  if m.get("teacher_which", "best") not in ("best", "latest"):
     _fail(f"config.method.teacher_which={m.teacher_which!r}; use 'best' or 'latest'")
-  if m.teacher_dtype not in ("", "float32", "bfloat16", "float16"):
+  if m.get("teacher_dtype", "") not in ("", "float32", "bfloat16", "float16"):
     _fail(f"config.method.teacher_dtype={m.teacher_dtype!r}; use '', float32, bfloat16 "
           f"or float16")
   method_from_config(m)
-  attack_from_config(c.eval.val_attack)
-  attack_from_config(c.eval.test_attack)
+  attack_from_config(r.eval.val_attack)
+  attack_from_config(r.eval.test_attack)
+
+
+def resolve_config(config) -> ml_collections.ConfigDict:
+  """A copy of ``config`` with the threat model filled into every attack branch.
+
+  ``config.method.attack`` (methods that attack), ``config.eval.val_attack``
+  and ``config.eval.test_attack`` take ``config.eps`` (pixel units) and
+  ``config.norm`` where they leave ``eps`` / ``norm`` unset (missing or None);
+  a branch that sets its own keeps it (see :mod:`jaxrobust.attacks.threat`).
+  ``config`` itself is unchanged.
+
+  Returns:
+    A locked ConfigDict; its attack branches are plain settings (no unset keys).
+
+  Raises:
+    ConfigError: ``config.eps`` <= 0 or an unknown ``config.norm``.
+  """
+  if not config.eps > 0:
+    _fail(f"config.eps must be > 0 (pixel units, e.g. 8/255), got {config.eps}")
+  if config.norm not in NORMS:
+    _fail(f"config.norm={config.norm!r}; use one of {NORMS}")
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  kw = dict(eps=float(config.eps), norm=config.norm)
+  if "attack" in c.method:
+    c.method.attack = resolve_attack(c.method.attack, where="config.method.attack", **kw)
+  for key in ("val_attack", "test_attack"):
+    c.eval[key] = resolve_attack(c.eval[key], where=f"config.eval.{key}", **kw)
+  c.lock()
+  return c
+
+
+def effective_attacks(config) -> dict:
+  """``{'train': ..., 'val': ..., 'test': ...}``: every branch's attack as it runs.
+
+  ``train`` is absent for a method without attack (``standard``). Values are
+  plain dicts of :func:`resolve_config` (eps in pixel units).
+  """
+  r = resolve_config(config)
+  out = {}
+  if "attack" in r.method:
+    out["train"] = r.method.attack.to_dict()
+  out["val"] = r.eval.val_attack.to_dict()
+  out["test"] = r.eval.test_attack.to_dict()
+  return out
+
+
+def _unset(value) -> bool:
+  return value is None or (isinstance(value, str) and not value) or (
+      isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0)
+
+
+def config_for_saved(saved: dict) -> tuple[ml_collections.ConfigDict, dict]:
+  """The schema a saved ``config.json`` loads into, and the saved dict to load.
+
+  Returns ``(template, saved)``: :func:`default_config` (unlocked) whose
+  ``config.method`` has the keys of the saved method, and ``saved`` with its
+  method section upgraded. Files written before per-method settings hold
+  every method's keys with ``-1`` / ``''`` for "official default": keys of
+  other methods are dropped and those markers take the method's official
+  values.
+
+  Raises:
+    ConfigError: the saved method is not registered.
+  """
+  saved = dict(saved)
+  m = dict(saved.get("method") or {"name": "pgd_at"})
+  spec = get_method(m.get("name"))
+  valid = spec.valid_keys(m)
+  if set(m) - set(valid):  # the shared schema of earlier versions.
+    m = {k: v for k, v in m.items() if k in valid and (k == "name" or not _unset(v))}
+  saved["method"] = m
+  config = default_config()
+  config.unlock()
+  config.method = method_config(**m)
+  config.method.unlock()
+  return config, saved
 
 
 def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
@@ -238,7 +317,10 @@ def apply_smoke(c, model: str = "simple_cnn_tiny") -> None:
   c.data.train_size, c.data.val_size, c.data.test_size = 256, 100, 100
   c.train.batch_size, c.train.num_steps, c.train.log_every_steps = 32, 4, 2
   c.eval.batch_size = 40
-  for attack in (c.method.attack, c.eval.val_attack, c.eval.test_attack):
+  attacks = [c.eval.val_attack, c.eval.test_attack]
+  if "attack" in c.method:
+    attacks.append(c.method.attack)
+  for attack in attacks:
     if "num_steps" in attack:
       attack.num_steps = min(attack.num_steps, 2)
 

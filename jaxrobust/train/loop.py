@@ -19,9 +19,9 @@ from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.data import TrainIterator
 from jaxrobust.errors import ConfigError, NonFiniteLossError
 from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy, make_eval_step
-from jaxrobust.methods import ModelFns, method_from_config, num_teachers
+from jaxrobust.methods import ModelFns, method_from_config, method_settings, num_teachers
 from jaxrobust.train.builders import build_model, build_splits, image_shape_of, model_fingerprint
-from jaxrobust.train.defaults import validate_config
+from jaxrobust.train.defaults import effective_attacks, resolve_config, validate_config
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import create_train_state
 from jaxrobust.train.step import jit_train_step, make_train_step
@@ -66,21 +66,23 @@ def load_teachers(config, mesh) -> tuple[tuple, dict | None]:
   # Imported here: jaxrobust.evaluate imports jaxrobust.train.
   from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
   from flax import nnx  # pylint: disable=g-import-not-at-top
-  m = config.method
-  dirs = [("teacher_workdir", m.teacher_workdir), ("teacher2_workdir", m.teacher2_workdir)][:n]
+  _, m = method_settings(config.method)
+  which, dtype = m.get("teacher_which", "best"), m.get("teacher_dtype", "")
+  dirs = [("teacher_workdir", m.get("teacher_workdir", "")),
+          ("teacher2_workdir", m.get("teacher2_workdir", ""))][:n]
   fns, frozen = [], None
   for key, workdir in dirs:
     if not workdir:
-      raise ConfigError(f"method {m.name!r} needs a teacher: set --config.method.{key}=DIR, "
+      raise ConfigError(f"method {m['name']!r} needs a teacher: set --config.method.{key}=DIR, "
                         f"the --workdir of a finished python -m jaxrobust.train run")
-    t = load_trained(workdir, m.teacher_which, mesh=mesh)
+    t = load_trained(workdir, which, mesh=mesh)
     if t.config.data.name != config.data.name:
       raise ConfigError(f"the teacher in {workdir} was trained on {t.config.data.name!r}, "
                         f"this run uses {config.data.name!r}")
     graphdef = t.model_fns.graphdef
-    if m.teacher_dtype and m.teacher_dtype != t.config.model.dtype:
+    if dtype and dtype != t.config.model.dtype:
       tcfg = t.config.copy_and_resolve_references()
-      tcfg.model.dtype = m.teacher_dtype
+      tcfg.model.dtype = dtype
       shape = image_shape_of(tcfg)
       abstract = nnx.eval_shape(lambda c=tcfg, s=shape: build_model(c, s))
       graphdef = nnx.split(abstract, nnx.Param, nnx.BatchStat)[0]
@@ -120,19 +122,50 @@ def init_from_run(config, state, tx, fingerprint: str, mesh):
       ema_params=None if state.ema_params is None else jax.tree.map(lambda a: a.copy(), params))
 
 
+def log_attacks(config) -> dict:
+  """Prints (main process) and returns the effective attack of every branch.
+
+  Returns:
+    :func:`jaxrobust.train.defaults.effective_attacks`: ``{'train', 'val',
+    'test'}`` -> the attack settings each branch runs with (eps in pixel units;
+    ``train`` absent for ``standard``).
+  """
+  attacks = effective_attacks(config)
+  if jax.process_index() == 0:
+    for branch, settings in attacks.items():
+      text = ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in settings.items())
+      tqdm.tqdm.write(f"attack ({branch}): {text}")
+      log.info("attack (%s): %s", branch, settings)
+  return attacks
+
+
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains per ``config`` in ``workdir`` (resuming if it holds checkpoints).
 
+  The threat model ``config.eps`` / ``config.norm`` is filled into every
+  attack branch that leaves it unset (:func:`jaxrobust.train.defaults.
+  resolve_config`); the effective attacks are printed at start and stored
+  in ``report.json`` under ``attacks``.
+
+  Args:
+    config: a training config (:func:`jaxrobust.train.default_config` or a
+      ``configs/*.py``); saved as given to ``<workdir>/config.json``.
+    workdir: output directory (checkpoints, logs, ``report.json``).
+
   Returns:
     The final report: test accuracies of the last and the best (validation-
-    selected) checkpoints, also written to ``<workdir>/report.json``.
+    selected) checkpoints and the effective ``attacks``, also written to
+    ``<workdir>/report.json``.
 
   Raises:
     ConfigError, DataError, CheckpointError, NonFiniteLossError.
   """
   validate_config(config)
+  given, config = config, resolve_config(config)
   os.makedirs(workdir, exist_ok=True)
   is_main = jax.process_index() == 0
+  attacks = log_attacks(given)
   mesh = parallel.make_mesh(config.num_devices or None)
   parallel.check_batch_size(config.train.batch_size, mesh)
   parallel.check_batch_size(config.eval.batch_size, mesh, "eval batch size")
@@ -172,7 +205,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   elif config.train.init_from:
     state = init_from_run(config, state, tx, fingerprint, mesh)
   if is_main:
-    _save_config(config, workdir)
+    saved = given.copy_and_resolve_references()
+    saved.data.image_shape = tuple(image_shape)  # what restoring builds the model for.
+    _save_config(saved, workdir)
 
   train_step = jit_train_step(make_train_step(model_fns, method, tx, config.train.ema_decay),
                               mesh)
@@ -236,17 +271,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
     bar.close()
     writer.close()
 
-  report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh)
+  report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks)
   ckpt.close()
   return report
 
 
-def final_test(config, workdir, ckpt, model_fns, state, splits, mesh) -> dict:
-  """Clean and PGD accuracy on the test subset for the last and best checkpoints."""
+def final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks=None) -> dict:
+  """Clean and PGD accuracy on the test subset for the last and best checkpoints.
+
+  ``config`` is resolved (:func:`jaxrobust.train.defaults.resolve_config`);
+  ``attacks`` (the effective attack of every branch) is stored in the report.
+  """
   test_step = make_eval_step(model_fns, attacks_from_config(
       {"clean": None, "robust": dict(config.eval.test_attack)}), mesh)
   key = jax.random.PRNGKey(config.seed + 2)
   report = {"test_size": len(splits.test), "test_attack": dict(config.eval.test_attack),
+            "attacks": attacks or effective_attacks(config),
             "exact_test_images": int(np.sum(splits.test.exact))}
   report["last"] = evaluate_accuracy(test_step, _params_for_eval(state), state.batch_stats,
                                      splits.test, config.eval.batch_size, mesh, key, "test")

@@ -9,11 +9,12 @@ import pytest
 
 from jaxrobust.errors import ConfigError
 from jaxrobust.losses import iad_loss, trades_loss
-from jaxrobust.methods import (ModelFns, TRADES, method_from_config, num_teachers,
-                               relative_weight_perturbation, replay_bn_updates,
+from jaxrobust.methods import (ModelFns, TRADES, method_config, method_from_config,
+                               num_teachers, relative_weight_perturbation, replay_bn_updates,
                                trades_l2_inner_max, train_passes)
 from jaxrobust.models import create_model
-from jaxrobust.train import create_train_state, default_config, make_optimizer, make_train_step
+from jaxrobust.train import (create_train_state, default_config, make_optimizer, make_train_step,
+                             resolve_config)
 from jaxrobust.train.state import split_model
 
 PGD = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=2)
@@ -353,11 +354,36 @@ def test_config_errors():
     method_from_config(dict(name="trades", attack=dict(name="trades_l2", eps=0.5)))
   assert num_teachers(dict(name="trades")) == 0
   assert num_teachers(dict(name="rslad")) == 1
-  # Schema defaults (negative / '') resolve to the official values.
-  c = default_config()
-  c.method.name = "ard_distill"
-  m = method_from_config(c.method)
+  # A method's config section holds its official values; unset keys take them too.
+  c = default_config("ard_distill")
+  assert (c.method.temperature, c.method.alpha, c.method.kl_reduction) == (30.0, 1.0, "mean")
+  m = method_from_config(resolve_config(c).method)
   assert (m.temperature, m.alpha, m.kl_reduction) == (30.0, 1.0, "mean")
+  m = method_from_config(dict(name="ard_distill", attack=PGD))
+  assert (m.temperature, m.alpha, m.kl_reduction) == (30.0, 1.0, "mean")
+  # A key that is not a setting of the method is refused, naming the valid ones.
+  with pytest.raises(ConfigError, match=r"not settings of method 'pgd_at'.*attack_bn"):
+    method_from_config(dict(name="pgd_at", attack=PGD, beta=6.0))
+  with pytest.raises(ConfigError, match="awp_gamma"):
+    method_config("trades", awp_gamma=0.1)
+  with pytest.raises(ConfigError, match="unknown method 'nope'"):
+    method_config("nope")
+  with pytest.raises(ConfigError, match="eps is unset"):
+    method_from_config(default_config().method)  # the threat model is filled by resolve_config
+
+
+def test_awp_official_settings_depend_on_the_base():
+  at, tr = method_config("awp"), method_config("awp", awp_base="trades")
+  assert (at.awp_gamma, at.awp_warmup_epochs, at.proxy_lr, at.attack_bn) == (
+      0.01, 0.0, 0.01, "train")
+  assert (tr.awp_gamma, tr.awp_warmup_epochs, tr.proxy_lr, tr.attack_bn, tr.beta,
+          tr.kl_reduction) == (0.005, 9.0, 0.1, "eval", 6.0, "batchmean")
+  assert "beta" not in at and tr.attack.loss == "kl" and at.attack.loss == "ce"
+  m = method_from_config(dict(tr.to_dict(), attack=KL), steps_per_epoch=10)
+  assert isinstance(m.base, TRADES) and m.base.bn_sequence == ("adv", "clean", "clean")
+  assert (m.gamma, m.proxy_lr, m.warmup_steps) == (0.005, 0.1, 90)
+  assert method_config("iad", teacher2_workdir="n").iad_begin_epochs == 40.0
+  assert method_config("iad").iad_begin_epochs == 60.0
 
 
 # --- Every method under jit -------------------------------------------------------
