@@ -96,11 +96,11 @@ class AttackSpec:
     if unknown:
       raise ConfigError(f"unknown setting(s) {sorted(unknown)} for attack {self.name!r}; "
                         f"valid: {sorted(self.settings)}")
+    if self.validate is not None:
+      self.validate(cfg)
     missing = self.required - set(cfg)
     if missing:
       raise ConfigError(f"attack {self.name!r} needs setting(s) {sorted(missing)}")
-    if self.validate is not None:
-      self.validate(cfg)
     return cfg
 
   def bind(self, cfg: Mapping) -> Callable:
@@ -215,7 +215,8 @@ def attack_from_config(cfg: Mapping) -> Callable:
   cfg = dict(cfg)
   name = cfg.pop("name", None)
   if name is None:
-    raise ConfigError(f"attack config needs a 'name'; choose one of {attack_names()}")
+    raise ConfigError(f"unknown attack None: the attack config needs a 'name'; choose one of "
+                      f"{attack_names()}")
   return get_attack(name).bind(cfg)
 
 
