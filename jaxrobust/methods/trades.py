@@ -39,7 +39,6 @@ import dataclasses
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 
 from jaxrobust.attacks import trades_l2_inner_max  # noqa: F401  (re-exported)
 from jaxrobust.losses import REDUCTIONS, trades_loss
