@@ -35,7 +35,8 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint step directory, <workdir>/checkpoints/{best,latest}/<step>.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to evaluate.")
 _ATTACKS = flags.DEFINE_list("attacks", list(DEFAULT_SUITE), "Evaluations to run.")
-_AA_ATTACKS = flags.DEFINE_list("aa_attacks", [], "Attacks of aa-custom, e.g. apgd-ce,square.")
+_AA_ATTACKS = flags.DEFINE_list("aa_attacks", [], "Attacks of aa-custom, e.g. apgd_ce,square "
+                                 "(the hyphen spellings apgd-ce, fab-t are accepted).")
 _N = flags.DEFINE_integer("n_examples", 1000, "First n test images (exact ones only).")
 _EPS = flags.DEFINE_float("eps", None, "Budget in pixel units (default: the run's config.eps, "
                           "else 8/255 L-inf, 0.5 L2).")
