@@ -2,88 +2,49 @@
 
 Sign convention: attack objectives are MAXIMISED (see ``_losses``). Images are
 float32 NHWC in [0, 1]; eps and step sizes are in pixel units.
+
+The model: ``logits_fn(x) -> logits`` for a deterministic model; a model with
+random parts active at evaluation time is ``logits_fn(x, key)`` marked with
+:func:`stochastic`, and every attack calls it through :func:`call_logits` with
+a fresh key per forward pass (:func:`model_key`, derived from the attack's
+``rng``). See :mod:`jaxrobust.types`.
+
+Attacks are looked up by name in one registry (:mod:`jaxrobust.attacks.registry`):
+:func:`attack_from_config` builds one from plain data, :func:`register_attack`
+adds one (from anywhere, one :class:`AttackSpec`), :data:`ATTACKS` maps the
+canonical names to the functions. Built-in names: ``pgd``, ``fgsm``, ``apgd``,
+``apgd_ce``, ``apgd_dlr``, ``apgd_t``, ``fab``, ``fab_t``, ``square``,
+``trades_l2``; AutoAttack's spellings (``apgd-ce``, ``fab-t``, ...) are aliases.
 """
 from __future__ import annotations
 
-from typing import Callable
-
-from jaxrobust.attacks._fab import fab, fab_projection, fab_targeted
-from jaxrobust.attacks._losses import (LOSSES, ce_loss, cw_loss, dlr_loss,
-                                       dlr_targeted_loss, kl_loss, margin_loss)
-from jaxrobust.attacks._apgd import (apgd, apgd_single_run, apgd_targeted, oscillation_flags,
-                                     step_size_flags,
-                                     checkpoint_schedule, top_k_target)
+from jaxrobust.attacks._apgd import (apgd, apgd_pass, apgd_single_run, apgd_targeted,
+                                     apgd_targeted_pass, checkpoint_schedule, oscillation_flags,
+                                     step_size_flags, top_k_target)
+from jaxrobust.attacks._fab import fab, fab_targeted
+from jaxrobust.attacks._fab_projections import FAB_NORMS, fab_projection
+from jaxrobust.attacks._losses import (LOSSES, ce_loss, cw_loss, dlr_loss, dlr_targeted_loss,
+                                       kl_loss, margin_loss)
+from jaxrobust.attacks._model import (StochasticLogitsFn, bind_key, call_logits,
+                                      is_stochastic, model_key, stochastic)
+from jaxrobust.attacks._norms import l2_norm
 from jaxrobust.attacks._pgd import CPU_UNROLL, default_unroll, fgsm, pgd
 from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction,
-                                            l2_project, linf_project, project,
-                                            random_init)
-from jaxrobust.attacks._square import square
-from jaxrobust.errors import ConfigError
+                                            l2_project, linf_project, project, random_init)
+from jaxrobust.attacks._square import SQUARE_NORMS, square
+from jaxrobust.attacks._trades_l2 import trades_l2_inner_max
+from jaxrobust.attacks.registry import (ATTACKS, AttackSpec, AutoAttackHook, attack_from_config,
+                                        attack_names, get_attack, register_attack,
+                                        resolve_attack_name, unregister_attack)
+from jaxrobust.attacks import _builtins  # noqa: E402,F401  registers the built-in attacks
 
-ATTACKS = {"pgd": pgd, "fgsm": fgsm, "apgd": apgd, "apgd_t": apgd_targeted,
-           "fab": fab, "fab_t": fab_targeted, "square": square}
-
-_KEYS = {"pgd": {"eps", "step_size", "num_steps", "norm", "loss", "random_start", "targeted",
-                 "num_restarts", "early_stop", "kappa", "unroll"},
-         "fgsm": {"eps", "step_size", "norm", "loss", "random_start", "targeted", "kappa"},
-         "apgd": {"eps", "norm", "num_steps", "loss", "num_restarts", "rho", "unroll"},
-         "apgd_t": {"eps", "norm", "num_steps", "n_target_classes", "num_restarts", "rho",
-                    "unroll"},
-         "fab": {"eps", "norm", "num_steps", "num_restarts", "alpha_max", "eta", "beta"},
-         "fab_t": {"eps", "norm", "num_steps", "num_restarts", "n_target_classes", "alpha_max",
-                   "eta", "beta"},
-         "square": {"eps", "norm", "n_queries", "p_init", "num_restarts"}}
-
-
-def attack_from_config(cfg) -> Callable:
-  """Returns ``attack(logits_fn, rng, x, y, **extra) -> x_adv`` from plain data.
-
-  Args:
-    cfg: mapping with ``name`` (``'pgd'`` or ``'fgsm'``) and that attack's
-      keyword settings, e.g. ``dict(name='pgd', eps=8/255, step_size=2/255,
-      num_steps=10)``.
-
-  Raises:
-    ConfigError: unknown attack name or setting, or an invalid value.
-  """
-  cfg = dict(cfg)
-  name = cfg.pop("name", None)
-  if name not in ATTACKS:
-    raise ConfigError(f"unknown attack {name!r}; choose one of {sorted(ATTACKS)}")
-  unknown = set(cfg) - _KEYS[name]
-  if unknown:
-    raise ConfigError(f"unknown setting(s) {sorted(unknown)} for attack {name!r}; "
-                      f"valid: {sorted(_KEYS[name])}")
-  eps = cfg.get("eps")
-  if eps is None or not eps > 0:
-    raise ConfigError(f"attack {name!r}: eps must be > 0 (pixel units), got {eps}")
-  if cfg.get("norm", "linf") == "linf" and eps > 1:
-    raise ConfigError(f"attack {name!r}: L-inf eps {eps} > 1 is outside the [0, 1] pixel "
-                      f"scale; write e.g. 8/255")
-  if (name == "pgd" or cfg.get("step_size") is not None) and not (
-      cfg.get("step_size") is not None and cfg["step_size"] > 0):
-    raise ConfigError(f"attack {name!r}: step_size must be > 0, got {cfg.get('step_size')}")
-  if name == "pgd":
-    if int(cfg.get("num_steps", 0)) < 1:
-      raise ConfigError(f"attack 'pgd': num_steps must be >= 1, got {cfg.get('num_steps')}")
-  if cfg.get("loss", "ce") not in LOSSES:
-    raise ConfigError(f"unknown attack loss {cfg['loss']!r}; use one of {sorted(LOSSES)}")
-  if cfg.get("norm", "linf") not in NORMS:
-    raise ConfigError(f"unknown norm {cfg['norm']!r}; use one of {NORMS}")
-  if cfg.get("random_start", "uniform") not in RANDOM_STARTS:
-    raise ConfigError(f"unknown random_start {cfg['random_start']!r}; use {RANDOM_STARTS}")
-  fn = ATTACKS[name]
-
-  def attack(logits_fn, rng, x, y, **extra):
-    return fn(logits_fn, rng, x, y, **cfg, **extra)
-
-  return attack
-
-
-__all__ = ["apgd", "apgd_single_run", "apgd_targeted", "checkpoint_schedule", "top_k_target",
-           "oscillation_flags", "step_size_flags",
-           "ATTACKS", "CPU_UNROLL", "LOSSES", "NORMS", "RANDOM_STARTS", "ascent_direction",
-           "attack_from_config", "ce_loss", "cw_loss", "default_unroll", "dlr_loss",
-           "dlr_targeted_loss", "fab", "fab_projection", "fab_targeted", "fgsm", "kl_loss",
-           "l2_project", "linf_project",
-           "margin_loss", "pgd", "project", "random_init", "square"]
+__all__ = ["ATTACKS", "AttackSpec", "AutoAttackHook", "CPU_UNROLL", "FAB_NORMS", "LOSSES",
+           "NORMS", "RANDOM_STARTS", "SQUARE_NORMS", "StochasticLogitsFn", "apgd", "apgd_pass",
+           "apgd_single_run", "apgd_targeted", "apgd_targeted_pass", "ascent_direction",
+           "attack_from_config", "attack_names", "bind_key", "call_logits", "ce_loss",
+           "checkpoint_schedule", "cw_loss", "default_unroll", "dlr_loss", "dlr_targeted_loss",
+           "fab", "fab_projection", "fab_targeted", "fgsm", "get_attack", "is_stochastic",
+           "kl_loss", "l2_norm", "l2_project", "linf_project", "margin_loss", "model_key",
+           "oscillation_flags", "pgd", "project", "random_init", "register_attack",
+           "resolve_attack_name", "square", "step_size_flags", "stochastic", "top_k_target",
+           "trades_l2_inner_max", "unregister_attack"]

@@ -20,8 +20,12 @@ Semantics follow the reference ``fra31/auto-attack:autoattack/autopgd_base.py``
 * restarts and target classes only attack points that are still robust.
 
 Sign convention: the objectives (CE, DLR, targeted DLR) are maximised.
-Deliberate differences: the loop is a ``lax.fori_loop`` over a fixed-size
-batch; the random stream differs from PyTorch's; EOT is not implemented.
+Stochastic models (:func:`jaxrobust.attacks.stochastic`) get a fresh key in
+every forward pass; with ``eot_iter > 1`` (Expectation over Transformation,
+AutoAttack 'rand') the gradient is averaged over ``eot_iter`` passes, as the
+reference's ``eot_iter``. Deliberate differences: the loop is a
+``lax.fori_loop`` over a fixed-size batch; the random stream differs from
+PyTorch's.
 """
 from __future__ import annotations
 
@@ -32,8 +36,11 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks._losses import ce_loss, dlr_loss, dlr_targeted_loss
+from jaxrobust.attacks._model import call_logits, model_key
+from jaxrobust.attacks._norms import l2_norm
 from jaxrobust.attacks._pgd import default_unroll
 from jaxrobust.attacks._projections import project
+from jaxrobust.types import AnyLogitsFn
 
 
 def checkpoint_schedule(num_steps: int) -> list[int]:
@@ -55,11 +62,10 @@ def checkpoint_schedule(num_steps: int) -> list[int]:
 
 
 def _normalize(t, norm):
-  axes = tuple(range(1, t.ndim))
   if norm == "linf":
-    n = jnp.max(jnp.abs(t), axis=axes, keepdims=True)
+    n = jnp.max(jnp.abs(t), axis=tuple(range(1, t.ndim)), keepdims=True)
   else:
-    n = jnp.sqrt(jnp.sum(t * t, axis=axes, keepdims=True))
+    n = l2_norm(t)
   return t / (n + 1e-12)
 
 
@@ -99,15 +105,17 @@ def step_size_flags(loss_steps, i, k, loss_best, loss_best_last, reduced_last, r
   return oscillation_flags(loss_steps, i, k, rho) | (~reduced_last & (loss_best_last >= loss_best))
 
 
-def apgd_single_run(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+def apgd_single_run(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
                     eps: float, norm: str = "linf", num_steps: int = 100, loss: str = "ce",
                     y_target: jax.Array | None = None, rho: float = 0.75,
                     eot_iter: int = 1, unroll: int | None = None):
   """One APGD run (the reference's ``attack_single_run``).
 
   Args:
-    logits_fn: pure ``x -> logits`` (eval-mode model).
-    rng: PRNG key of the random start.
+    logits_fn: pure ``x -> logits`` (eval-mode model), or a stochastic
+      ``(x, key) -> logits`` (:func:`jaxrobust.attacks.stochastic`) that gets
+      a fresh key, derived from ``rng``, in every forward pass.
+    rng: PRNG key of the random start (and of a stochastic model's keys).
     x: float32 ``[B, H, W, C]`` in [0, 1].
     y: int32 ``[B]`` true labels.
     eps: budget in pixel units.
@@ -117,8 +125,10 @@ def apgd_single_run(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Ar
     y_target: int32 ``[B]`` target classes for ``dlr_targeted``.
     rho: the oscillation threshold (0.75).
     eot_iter: Expectation over Transformation for randomised models: the
-      gradient is averaged over ``eot_iter`` calls ``logits_fn(x, key)``
-      with fresh keys (``logits_fn`` must then accept a key). 1: none.
+      gradient is averaged over ``eot_iter`` forward passes, each with a
+      fresh key (the loss and logits of the last one are used, as the
+      reference). 1: one pass per iteration. A deterministic model gives the
+      same gradient in each pass.
     unroll: loop unroll factor (None: :func:`default_unroll`).
 
   Returns:
@@ -137,17 +147,15 @@ def apgd_single_run(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Ar
   b = x.shape[0]
   bshape = (b,) + (1,) * (x.ndim - 1)
 
-  eot_key = jax.random.fold_in(rng, 1)
-
   def value_grad(xa, i=0):
     def f(z, key):
-      logits = logits_fn(z) if eot_iter == 1 else logits_fn(z, key)
+      logits = call_logits(logits_fn, z, key)
       l = lf(logits, y, t_arg)
       return jnp.sum(l), (l, logits)
     if eot_iter == 1:
-      g, (l, logits) = jax.grad(f, has_aux=True)(xa, None)
+      g, (l, logits) = jax.grad(f, has_aux=True)(xa, model_key(rng, 1, i))
       return l, g, logits
-    keys = jax.random.split(jax.random.fold_in(eot_key, i), eot_iter)
+    keys = jax.random.split(model_key(rng, 1, i), eot_iter)
     g, (l, logits) = jax.vmap(jax.grad(f, has_aux=True), in_axes=(None, 0))(xa, keys)
     return l[-1], jnp.mean(g, 0), logits[-1]
 
@@ -225,13 +233,13 @@ def top_k_target(logits, rank: int | jax.Array):
       (logits.shape[0], 1), jnp.int32), axis=-1)[:, 0]
 
 
-def apgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps: float,
+def apgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps: float,
          norm: str = "linf", num_steps: int = 100, loss: str = "ce", num_restarts: int = 1,
-         rho: float = 0.75, unroll: int | None = None) -> jax.Array:
+         rho: float = 0.75, eot_iter: int = 1, unroll: int | None = None) -> jax.Array:
   """APGD-CE / APGD-DLR with restarts on a batch (reference ``APGDAttack.perturb``).
 
   Args:
-    logits_fn, rng, x, y, eps, norm, num_steps, rho, unroll: as
+    logits_fn, rng, x, y, eps, norm, num_steps, rho, eot_iter, unroll: as
       :func:`apgd_single_run`.
     loss: ``'ce'`` or ``'dlr'``.
     num_restarts: runs; each later run only changes points still robust.
@@ -241,38 +249,43 @@ def apgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps
     else ``x`` itself; within eps and [0, 1]; no gradient.
   """
   x = x.astype(jnp.float32)
-  robust = jnp.argmax(logits_fn(x), -1) == y
+  robust = jnp.argmax(call_logits(logits_fn, x, model_key(rng, 0)), -1) == y
   adv = x
 
   for r in range(num_restarts):
     x_r, succ, _, _ = apgd_single_run(logits_fn, jax.random.fold_in(rng, r), x, y, eps=eps,
                                       norm=norm, num_steps=num_steps, loss=loss, rho=rho,
-                                      unroll=unroll)
+                                      eot_iter=eot_iter, unroll=unroll)
     new = robust & succ
     adv = jnp.where(new.reshape((-1,) + (1,) * (x.ndim - 1)), x_r, adv)
     robust = robust & ~succ
   return jax.lax.stop_gradient(adv)
 
 
-def apgd_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+def apgd_targeted(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
                   eps: float, norm: str = "linf", num_steps: int = 100,
                   n_target_classes: int = 9, num_restarts: int = 1, rho: float = 0.75,
-                  unroll: int | None = None) -> jax.Array:
+                  eot_iter: int = 1, unroll: int | None = None) -> jax.Array:
   """APGD-T: targeted DLR towards each of the top ``n_target_classes`` non-true
   classes of the clean point in turn (reference ``APGDAttack_targeted``).
 
   Needs at least ``n_target_classes + 1`` classes (and 4 for the DLR
-  denominator). Returns ``x_adv`` as :func:`apgd`.
+  denominator). Arguments as :func:`apgd_single_run`; returns ``x_adv`` as
+  :func:`apgd`.
+
+  Raises:
+    ValueError: too few classes for ``n_target_classes``.
   """
   x = x.astype(jnp.float32)
-  clean_logits = logits_fn(x)
+  clean_logits = call_logits(logits_fn, x, model_key(rng, 0))
   if clean_logits.shape[-1] < max(n_target_classes + 1, 4):
     raise ValueError(f"APGD-T with {n_target_classes} targets needs at least "
                      f"{max(n_target_classes + 1, 4)} classes, got {clean_logits.shape[-1]}")
   robust = jnp.argmax(clean_logits, -1) == y
   adv = x
   run = functools.partial(apgd_single_run, logits_fn, eps=eps, norm=norm,
-                          num_steps=num_steps, loss="dlr_targeted", rho=rho, unroll=unroll)
+                          num_steps=num_steps, loss="dlr_targeted", rho=rho,
+                          eot_iter=eot_iter, unroll=unroll)
   for t in range(2, n_target_classes + 2):
     target = top_k_target(clean_logits, t)
     for r in range(num_restarts):
@@ -282,3 +295,45 @@ def apgd_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Arra
       adv = jnp.where(new.reshape((-1,) + (1,) * (x.ndim - 1)), x_r, adv)
       robust = robust & ~succ
   return jax.lax.stop_gradient(adv)
+
+
+def apgd_pass(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array,
+              sub: int | jax.Array, *, eps: float, norm: str = "linf", num_steps: int = 100,
+              loss: str = "ce", num_restarts: int = 1, rho: float = 0.75, eot_iter: int = 1,
+              unroll: int | None = None) -> jax.Array:
+  """Pass ``sub`` (restart ``sub < num_restarts``) of APGD in the AutoAttack cascade.
+
+  The cascade calls it once per restart on the points still robust, with a
+  key per pass, as the reference's ``APGDAttack.perturb`` restart loop does
+  inside each batch. Arguments as :func:`apgd_single_run`.
+
+  Returns:
+    float32 ``x_adv`` like ``x``: the last misclassifying iterate where one
+    was found, else the random start (the cascade keeps only successes).
+  """
+  del sub, num_restarts
+  return apgd_single_run(logits_fn, rng, x, y, eps=eps, norm=norm, num_steps=num_steps,
+                         loss=loss, rho=rho, eot_iter=eot_iter, unroll=unroll)[0]
+
+
+def apgd_targeted_pass(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array,
+                       sub: int | jax.Array, *, eps: float, norm: str = "linf",
+                       num_steps: int = 100, n_target_classes: int = 9, num_restarts: int = 1,
+                       rho: float = 0.75, eot_iter: int = 1,
+                       unroll: int | None = None) -> jax.Array:
+  """Pass ``sub`` of APGD-T in the AutoAttack cascade: target class ``sub // num_restarts``.
+
+  Target: the class of the ``(sub // num_restarts + 2)``-th largest clean
+  logit (:func:`top_k_target`); one targeted-DLR run (reference
+  ``APGDAttack_targeted.perturb``, its loop over target classes and
+  restarts). ``sub`` may be traced. Arguments as :func:`apgd_single_run`.
+
+  Returns:
+    float32 ``x_adv`` like ``x`` (as :func:`apgd_pass`).
+  """
+  del n_target_classes
+  clean_logits = call_logits(logits_fn, x.astype(jnp.float32), model_key(rng, 0))
+  target = top_k_target(clean_logits, sub // num_restarts + 2)
+  return apgd_single_run(logits_fn, rng, x, y, eps=eps, norm=norm, num_steps=num_steps,
+                         loss="dlr_targeted", y_target=target, rho=rho, eot_iter=eot_iter,
+                         unroll=unroll)[0]

@@ -20,260 +20,34 @@ One FAB iteration at the current iterate ``x1`` (clean point ``x0``):
 4. if ``x1`` is misclassified, keep it when its distance to ``x0`` is the
    smallest so far, then step back: ``x1 <- x0 + beta (x1 - x0)``.
 
-The projection solvers work on flattened rows ``[N, D]`` and are exact: they
-sort the coordinates once and binary-search the breakpoint of the piecewise
-linear dual, like the reference.
+The projections (:func:`fab_projection`) live in
+:mod:`jaxrobust.attacks._fab_projections`, as the reference keeps them in
+``fab_projections.py``.
+
+Stochastic models (:func:`jaxrobust.attacks.stochastic`) get a fresh key in
+every forward pass (gradient and misclassification checks alike).
 """
 from __future__ import annotations
 
-import math
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-FAB_NORMS = ("linf", "l2", "l1")
-
-
-def _zero_tol(dtype) -> float:
-  """|w| below this counts as 0: the reference's 1e-8, but never below the dtype's tiny."""
-  return max(1e-8, float(jnp.finfo(dtype).tiny))
-
-
-def _gather(a, idx):
-  """``a[n, idx[n]]`` per row: ``[N, M], [N] -> [N]``."""
-  return jnp.take_along_axis(a, idx[:, None], axis=1)[:, 0]
-
-
-def _safe_div(num, den):
-  """``num / den`` where ``den != 0``, else 0 (no inf/NaN in discarded branches)."""
-  ok = den != 0
-  return jnp.where(ok, num / jnp.where(ok, den, 1), 0)
-
-
-def _bisect(is_below, upper: int, num_iter: int, n_rows: int):
-  """Largest breakpoint index ``k`` in ``[0, upper]`` with ``is_below(k)`` true.
-
-  The reference's integer binary search: ``lb = 0``, ``ub = upper``,
-  ``mid = (lb + ub) // 2``, ``lb <- mid`` where ``is_below(mid)`` else
-  ``ub <- mid``, ``num_iter`` times. Returns int32 ``lb`` of shape ``[n_rows]``.
-  """
-  lb = jnp.zeros((n_rows,), jnp.int32)
-  ub = jnp.full((n_rows,), upper, jnp.int32)
-
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = (lo + hi) // 2
-    below = is_below(mid)
-    return jnp.where(below, mid, lo), jnp.where(below, hi, mid)
-
-  lb, _ = jax.lax.fori_loop(0, num_iter, body, (lb, ub))
-  return lb
-
-
-def _num_bisect_steps(n: int) -> int:
-  return int(math.ceil(math.log2(n))) if n > 1 else 0
-
-
-_LINF_BISECT_STEPS = 40  # halvings of [0, max room]: below float32 resolution after ~25.
-
-
-def _projection_linf(t, w, b):
-  """L-inf projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`.
-
-  Same solution as the reference's ``projection_linf``, found without sorting
-  (XLA:CPU's sort of a ``[250, 3072]`` array took ~0.25 s, more than the rest
-  of a FAB step): with radius ``lam`` every coordinate moves ``min(lam,
-  room_i)`` towards the box corner that decreases ``<w, z>``, which changes
-  ``<w, z>`` by ``-g(lam)``, ``g(lam) = sum_i |w_i| min(lam, room_i)``
-  (piecewise linear, increasing). ``lam`` is bracketed by bisection on its
-  value and then solved exactly on the bracket's segment: ``lam = (c - sum_{room
-  <= lo} |w| room) / sum_{room > lo} |w|`` for the needed change ``c``. Rows
-  that cannot reach the hyperplane inside the box move every coordinate to the
-  corner, as the reference does. Computed in float32 at least.
-  """
-  dtype = t.dtype
-  ct = jnp.promote_types(dtype, jnp.float32)
-  t, w, b = t.astype(ct), w.astype(ct), b.astype(ct)
-  # Orient the hyperplane so that t lies on its non-negative side.
-  sign = jnp.where(jnp.sum(w * t, axis=1) - b >= 0, 1, -1).astype(ct)
-  w = w * sign[:, None]
-  b = b * sign
-  nonzero = w != 0
-  a = (w < 0).astype(ct)                            # corner minimising <w, z>
-  d_full = jnp.where(nonzero, a - t, 0)
-  room = jnp.where(nonzero, jnp.abs(a - t), 0)
-  aw = jnp.abs(w)
-  need = jnp.sum(w * t, axis=1) - b                 # >= 0: decrease of <w, z> needed
-  reach = jnp.sum(aw * room, axis=1)                # the largest decrease inside the box
-  feasible = need <= reach
-
-  def g(lam):
-    return jnp.sum(aw * jnp.minimum(lam[:, None], room), axis=1)
-
-  def body(_, bounds):
-    lo, hi = bounds
-    mid = 0.5 * (lo + hi)
-    short = g(mid) < need
-    return jnp.where(short, mid, lo), jnp.where(short, hi, mid)
-
-  lo, _ = jax.lax.fori_loop(0, _LINF_BISECT_STEPS, body,
-                            (jnp.zeros_like(need), jnp.max(room, axis=1)))
-  clipped = room <= lo[:, None]
-  lam = _safe_div(need - jnp.sum(jnp.where(clipped, aw * room, 0), axis=1),
-                  jnp.sum(jnp.where(clipped, 0, aw), axis=1))
-  lam = jnp.maximum(lam, 0)[:, None]
-  d_box = jnp.minimum(lam, d_full) * a + jnp.maximum(-lam, d_full) * (1 - a)
-  d = jnp.where(feasible[:, None], d_box, d_full)
-  return jnp.where(nonzero, d, 0).astype(dtype)
-
-
-def _projection_linf_sorted(t, w, b):
-  """The reference's sort-based L-inf projection (kept to test :func:`_projection_linf`)."""
-  n_rows, dim = t.shape
-  # Orient the hyperplane so that t lies on its non-negative side: the solution
-  # then moves every coordinate towards the box corner ``a`` minimising <w, z>.
-  sign = jnp.where(jnp.sum(w * t, axis=1) - b >= 0, 1, -1).astype(t.dtype)
-  w = w * sign[:, None]
-  b = b * sign
-  nonzero = w != 0
-  a = (w < 0).astype(t.dtype)                       # minimising corner
-  d_full = jnp.where(nonzero, a - t, 0)             # move every coordinate to it
-  p = a - t * (2 * a - 1)                           # |a - t|: the room per coordinate
-  order = jnp.argsort(p, axis=1)                    # ascending room
-  order_desc = order[:, ::-1]
-  b = b - jnp.sum(w * t, axis=1)                    # needed change of <w, z>: <= 0
-  b0 = jnp.sum(w * d_full, axis=1)                  # largest achievable change: <= 0
-  w_desc = jnp.take_along_axis(w, order_desc, axis=1)
-  # With radius lam and the k+1 roomiest coordinates clipped at lam, the change
-  # of <w, z> is sb[k] - lam * s[k].
-  s = jnp.cumsum(jnp.abs(w_desc), axis=1)
-  sb = jnp.cumsum(-w_desc * jnp.take_along_axis(d_full, order_desc, axis=1), axis=1) + b0[:, None]
-  b2 = sb[:, -1] - s[:, -1] * _gather(p, order[:, 0])
-  all_clipped = b - b2 > 0                          # lam < smallest room: no box effect
-  feasible = (b - b0 > 0) & ~all_clipped
-
-  def overshoots(k):                                # lam = k-th largest room is too big
-    return b - (_gather(sb, k) - _gather(s, k) * _gather(p, _gather(order_desc, k))) > 0
-
-  lb = _bisect(overshoots, dim - 1, _num_bisect_steps(dim), n_rows)
-  lam_free = jnp.maximum(_safe_div(b - sb[:, -1], -s[:, -1]), 0)
-  d_free = (2 * a - 1) * lam_free[:, None]
-  lam = jnp.maximum(_safe_div(b - _gather(sb, lb), -_gather(s, lb)), 0)[:, None]
-  d_box = jnp.minimum(lam, d_full) * a + jnp.maximum(-lam, d_full) * (1 - a)
-  d = jnp.where(all_clipped[:, None], d_free, jnp.where(feasible[:, None], d_box, d_full))
-  return jnp.where(nonzero, d, 0)
-
-
-def _projection_l2(t, w, b):
-  """L2 projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`."""
-  n_rows, dim = t.shape
-  c = jnp.sum(w * t, axis=1) - b
-  w = jnp.where((c < 0)[:, None], -w, w)            # now z = clip(t - r w) decreases <w, z>
-  c = jnp.abs(c)
-  valid = jnp.abs(w) > _zero_tol(t.dtype)
-  w_safe = jnp.where(valid, w, 1)
-  # r_i: the step length along -w at which coordinate i reaches the box.
-  r = jnp.maximum(t / w_safe, (t - 1) / w_safe)
-  r = jnp.where(valid, r, jnp.finfo(t.dtype).max)   # sentinel: sorts last, masked below
-  order = jnp.argsort(r, axis=1)
-  rs = jnp.take_along_axis(r, order, axis=1)
-  rs_valid = jnp.take_along_axis(valid, order, axis=1)
-  rs = jnp.where(rs_valid, rs, 0)
-  rs_next = jnp.concatenate([rs[:, 1:], jnp.zeros_like(rs[:, :1])], axis=1)
-  w2_sorted = jnp.take_along_axis(w * w, order, axis=1)
-  w_sq = jnp.sum(w * w, axis=1)
-  w_rest = w_sq[:, None] - jnp.cumsum(w2_sorted, axis=1)   # squared norm still free
-  d_sat = jnp.where(valid, -r * w, 0)               # every coordinate at its bound
-  # s[k]: change of <w, z> at step length rs[k] (piecewise linear, slope -w_rest).
-  s0 = -w_sq * rs[:, 0]
-  s = jnp.concatenate([s0[:, None], jnp.cumsum((rs - rs_next) * w_rest, axis=1) + s0[:, None]],
-                      axis=1)
-  free = s[:, 0] + c < 0                            # reached before any coordinate saturates
-  infeasible = jnp.sum(d_sat * w, axis=1) + c > 0
-  feasible = ~free & ~infeasible
-  lb = _bisect(lambda k: _gather(s, k) + c > 0, dim - 1, _num_bisect_steps(dim), n_rows)
-  d_free = -_safe_div(c, w_sq)[:, None] * w
-  w_rest_lb = _gather(w_rest, lb)
-  step = _safe_div(_gather(s, lb) + c, w_rest_lb) + _gather(rs, lb)
-  step = jnp.where(w_rest_lb == 0, 0, step)[:, None]
-  d_box = jnp.where(step > r, d_sat, -step * w)
-  d = jnp.where(free[:, None], d_free, jnp.where(feasible[:, None], d_box, d_sat))
-  return jnp.where(valid, d, 0)
-
-
-def _projection_l1(t, w, b):
-  """L1 projection of rows ``t`` onto ``{<w, z> = b} ∩ [0, 1]^D``: :func:`fab_projection`."""
-  n_rows, dim = t.shape
-  c = jnp.sum(w * t, axis=1) - b
-  w = jnp.where((c < 0)[:, None], -w, w)
-  c = jnp.abs(c)
-  nonzero = w != 0
-  # Greedy: move the coordinates with the largest |w| first, each to its bound.
-  r = jnp.where(nonzero, 1 / jnp.where(nonzero, jnp.abs(w), 1), jnp.finfo(t.dtype).max)
-  order = jnp.argsort(r, axis=1)
-  rank = jnp.argsort(order, axis=1)
-  d_sat = jnp.where(nonzero, (w < 0).astype(t.dtype) - t, 0)
-  gain = jnp.take_along_axis(jnp.minimum(-w * t, w * (1 - t)), order, axis=1)   # <= 0
-  s = jnp.cumsum(jnp.concatenate([c[:, None], gain], axis=1), axis=1)   # [N, D + 1]
-  feasible = s[:, -1] < 0
-  # Search range [0, D + 1) as the reference, with enough steps to close it.
-  lb = _bisect(lambda k: _gather(s, k) > 0, dim + 1, _num_bisect_steps(dim + 1), n_rows)
-  lb = jnp.minimum(lb, dim - 1)
-  partial = _safe_div(-_gather(s, lb), _gather(w, _gather(order, lb)))[:, None]
-  d_box = jnp.where(rank < lb[:, None], d_sat, 0)
-  d_box = jnp.where(rank == lb[:, None], partial, d_box)
-  d = jnp.where(feasible[:, None], d_box, d_sat)
-  return jnp.where(jnp.abs(w) > _zero_tol(t.dtype), d, 0)
-
-
-_PROJECTIONS = {"linf": _projection_linf, "l2": _projection_l2, "l1": _projection_l1}
-
-
-def fab_projection(points: jax.Array, w: jax.Array, b: jax.Array, norm: str = "linf"
-                   ) -> jax.Array:
-  """Minimal-norm step from each point onto ``{z : <w, z> = b} ∩ [0, 1]^D``.
-
-  FAB's projection step (the reference's ``projection_linf`` / ``projection_l2``
-  / ``projection_l1``), batched over rows: for each row ``n`` it returns
-  ``delta[n]`` minimising ``||delta||_p`` subject to ``<w[n], points[n] +
-  delta[n]> = b[n]`` and ``points[n] + delta[n]`` in ``[0, 1]^D``. When no
-  point of the box reaches the hyperplane, ``delta`` moves every coordinate to
-  the bound on the hyperplane's side (the box point closest to it in ``<w,
-  .>``). When the box is not active the result is the closed form:
-  ``-(<w, t> - b) w / ||w||_2^2`` (L2), ``-(<w, t> - b) sign(w) / ||w||_1``
-  (L-inf), the whole step on one largest-``|w|`` coordinate (L1).
-  Coordinates where ``w`` is zero (L-inf) or ``|w| <= 1e-8`` (L2, L1) are not
-  moved.
-
-  Args:
-    points: float ``[N, D]``, normally inside ``[0, 1]``.
-    w: float ``[N, D]``: hyperplane normals.
-    b: float ``[N]``: hyperplane offsets.
-    norm: ``'linf'``, ``'l2'`` or ``'l1'``.
-
-  Returns:
-    ``delta``: ``[N, D]`` in the dtype of ``points``.
-
-  Raises:
-    ValueError: unknown norm, or shapes that are not ``[N, D], [N, D], [N]``.
-  """
-  if norm not in _PROJECTIONS:
-    raise ValueError(f"unknown norm {norm!r}; use one of {FAB_NORMS}")
-  if points.ndim != 2 or w.shape != points.shape or b.shape != points.shape[:1]:
-    raise ValueError(f"fab_projection wants points [N, D], w [N, D], b [N]; got "
-                     f"{points.shape}, {w.shape}, {b.shape}")
-  dtype = points.dtype
-  return _PROJECTIONS[norm](points, w.astype(dtype), b.astype(dtype))
-
+from jaxrobust.attacks._fab_projections import (FAB_NORMS, _gather, _zero_tol,
+                                                fab_projection)
+from jaxrobust.attacks._model import call_logits, model_key
+from jaxrobust.attacks._norms import l2_norm
+from jaxrobust.types import AnyLogitsFn
 
 def _row_norm(v, norm: str):
+  """Norm of each row of ``v`` ``[N, D]`` over its last axis: ``[N]`` (also ``[N, K, D]`` -> ``[N, K]``)."""
   if norm == "linf":
-    return jnp.max(jnp.abs(v), axis=1)
+    return jnp.max(jnp.abs(v), axis=-1)
   if norm == "l2":
-    return jnp.sqrt(jnp.sum(v * v, axis=1))
-  return jnp.sum(jnp.abs(v), axis=1)
+    return l2_norm(v, axis=-1, keepdims=False)
+  return jnp.sum(jnp.abs(v), axis=-1)
 
 
 def _random_start(key, x0, eps, norm: str):
@@ -330,24 +104,62 @@ def _prepare(x, y, eps):
   return x, y, x.reshape(batch, -1), eps
 
 
-def _fab_single_run(hyperplane, misclassified, x0, eps, key, random_start, *, norm, num_steps,
-                    use_random_start, eta, alpha_max, beta):
+class _Setup(NamedTuple):
+  """What :func:`fab` and :func:`fab_targeted` share (:func:`_setup`)."""
+  x: jax.Array                # float32 [B, ...]
+  y: jax.Array                # int32 [B]
+  x0: jax.Array               # float32 [B, D]: flat clean rows
+  eps: jax.Array              # float32 [B]
+  logits_of: Callable         # (z [B, D], key) -> float32 logits [B, K]
+  clean_logits: jax.Array     # float32 [B, K], no gradient
+  correct: jax.Array          # bool [B]: clean point classified correctly
+  misclassified: Callable     # (z [B, D], key) -> bool [B]
+
+
+def _setup(name, logits_fn, rng, x, y, eps, norm, num_steps, num_restarts, alpha_max, eta,
+           beta) -> _Setup:
+  """Checks the settings, flattens the batch and makes the model calls of FAB / FAB-T.
+
+  Raises:
+    ValueError: invalid settings (:func:`_check_settings`) or fewer than 2 classes.
+  """
+  _check_settings(norm, eps, num_steps, num_restarts, alpha_max, eta, beta)
+  x, y, x0, eps = _prepare(x, y, eps)
+
+  def logits_of(z, key):
+    return call_logits(logits_fn, z.reshape(x.shape), key).astype(jnp.float32)
+
+  clean_logits = jax.lax.stop_gradient(logits_of(x0, model_key(rng, 0)))
+  if clean_logits.shape[-1] < 2:
+    raise ValueError(f"{name} needs >= 2 classes, got {clean_logits.shape[-1]}")
+
+  def misclassified(z, key):
+    return jnp.argmax(logits_of(z, key), axis=-1) != y
+
+  return _Setup(x, y, x0, eps, logits_of, clean_logits,
+                jnp.argmax(clean_logits, axis=-1) == y, misclassified)
+
+
+def _fab_single_run(hyperplane, misclassified, x0, eps, key, random_start, *, run_key, norm,
+                    num_steps, use_random_start, eta, alpha_max, beta):
   """``num_steps`` FAB iterations from ``x0`` (or a random start); the best adversarial.
 
-  ``hyperplane(x1) -> (w, df)``: the normal ``[B, D]`` and value ``[B]`` of the
-  linearised margin at ``x1`` (its zero set is ``<w, z> = <w, x1> - df``).
+  ``hyperplane(x1, key) -> (w, df)``: the normal ``[B, D]`` and value ``[B]``
+  of the linearised margin at ``x1`` (its zero set is ``<w, z> = <w, x1> -
+  df``); ``misclassified(x1, key) -> bool [B]``. ``run_key(j, kind)``: the
+  model key of step ``j``'s gradient (kind 0) and check (kind 1) passes.
   Returns the misclassified iterate of smallest distance to ``x0``, else ``x0``.
   """
   x1 = x0
   if use_random_start:
     x1 = jnp.where(random_start, _random_start(key, x0, eps, norm), x0)
 
-  def step(_, carry):
+  def step(j, carry):
     x1, best, best_dist = carry
-    w, df = hyperplane(x1)
+    w, df = hyperplane(x1, run_key(j, 0))
     b = jnp.sum(w * x1, axis=1) - df
     x1 = _fab_update(x1, x0, w, b, norm, eta, alpha_max)
-    adv = misclassified(x1)
+    adv = misclassified(x1, run_key(j, 1))
     dist = _row_norm(x1 - x0, norm)
     better = adv & (dist < best_dist)
     best = jnp.where(better[:, None], x1, best)
@@ -360,27 +172,35 @@ def _fab_single_run(hyperplane, misclassified, x0, eps, key, random_start, *, no
   return best          # x0 where nothing was found
 
 
-def _fab_runs(candidate, misclassified, x0, eps, correct, norm, n_runs):
+def _fab_runs(candidate, setup: _Setup, rng, norm, n_runs):
   """Runs ``candidate(i)`` for ``i < n_runs`` on the still-robust rows; the first success each.
 
   A run is skipped (``lax.cond``) once no row is left; a row succeeds when its
   candidate is misclassified and within ``eps`` of ``x0``.
   """
+  x0, eps = setup.x0, setup.eps
+
   def run(i, carry):
     def attack(carry):
       x_adv, robust = carry
       cand = candidate(i)
-      success = misclassified(cand) & (_row_norm(cand - x0, norm) <= eps)
+      success = (setup.misclassified(cand, model_key(rng, 2, i)) &
+                 (_row_norm(cand - x0, norm) <= eps))
       take = robust & success
       return jnp.where(take[:, None], cand, x_adv), robust & ~success
 
     return jax.lax.cond(jnp.any(carry[1]), attack, lambda c: c, carry)
 
-  x_adv, _ = jax.lax.fori_loop(0, n_runs, run, (x0, correct))
+  x_adv, _ = jax.lax.fori_loop(0, n_runs, run, (x0, setup.correct))
   return x_adv
 
 
-def fab_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+def _run_keys(rng, i):
+  """``(j, kind) -> key``: model keys of run ``i`` (:func:`_fab_single_run`)."""
+  return lambda j, kind: model_key(rng, 1, i, j, kind)
+
+
+def fab_targeted(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
                  eps, norm: str = "linf", num_steps: int = 100, num_restarts: int = 1,
                  n_target_classes: int = 9, alpha_max: float = 0.1, eta: float = 1.05,
                  beta: float = 0.9) -> jax.Array:
@@ -427,11 +247,14 @@ def fab_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array
       its ``D + 1`` breakpoints; the reference takes ``ceil(log2 D)``, which
       can stop one breakpoint short when ``D`` is a power of two.
     * Randomness (restarts > 1 only) comes from ``jax.random.fold_in(rng,
-      run)``, not a torch seed. With ``num_restarts=1`` ``rng`` is unused.
+      run)``, not a torch seed. With ``num_restarts=1`` and a deterministic
+      model ``rng`` is unused.
 
   Args:
-    logits_fn: pure ``x -> logits`` (``[B, K]``; cast to float32).
-    rng: PRNG key for the random restarts.
+    logits_fn: pure ``x -> logits`` (``[B, K]``; cast to float32), or a
+      stochastic ``(x, key) -> logits`` (:func:`jaxrobust.attacks.stochastic`)
+      that gets a fresh key, derived from ``rng``, in every forward pass.
+    rng: PRNG key for the random restarts (and a stochastic model's keys).
     x: float32 ``[B, H, W, C]`` (any ``[B, ...]``) in [0, 1].
     y: int ``[B]`` true labels. Examples with ``argmax logits_fn(x) != y``
       are returned unchanged.
@@ -456,55 +279,43 @@ def fab_targeted(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array
     ValueError: invalid norm, eps (value or shape), step/restart/target
       count, alpha_max, eta or beta, or fewer than 2 classes.
   """
-  _check_settings(norm, eps, num_steps, num_restarts, alpha_max, eta, beta)
   if n_target_classes < 1:
     raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
-  x, y, x0, eps = _prepare(x, y, eps)
+  st = _setup("FAB-T", logits_fn, rng, x, y, eps, norm, num_steps, num_restarts, alpha_max,
+              eta, beta)
+  y = st.y
+  n_targets = min(n_target_classes, st.clean_logits.shape[-1] - 1)
+  _, ranked = jax.lax.top_k(st.clean_logits, n_targets + 1)   # [B, n + 1], best first
 
-  def logits_of(z):
-    return logits_fn(z.reshape(x.shape)).astype(jnp.float32)
-
-  clean_logits = jax.lax.stop_gradient(logits_of(x0))
-  num_classes = clean_logits.shape[-1]
-  if num_classes < 2:
-    raise ValueError(f"FAB-T needs >= 2 classes, got {num_classes}")
-  n_targets = min(n_target_classes, num_classes - 1)
-  _, ranked = jax.lax.top_k(clean_logits, n_targets + 1)   # [B, n + 1], best first
-  correct = jnp.argmax(clean_logits, axis=-1) == y
-
-  def margin(z, target):
-    logits = logits_of(z)
+  def margin(z, key, target):
+    logits = st.logits_of(z, key)
     diff = _gather(logits, target) - _gather(logits, y)      # f_t - f_y
     return jnp.sum(diff), diff
 
   margin_grad = jax.grad(margin, has_aux=True)
 
-  def misclassified(z):
-    return jnp.argmax(logits_of(z), axis=-1) != y
-
   def candidate(i):
     target = jax.lax.dynamic_index_in_dim(ranked, 1 + i // num_restarts, axis=1,
                                           keepdims=False)
-    return _fab_single_run(lambda z: margin_grad(z, target), misclassified, x0, eps,
-                           jax.random.fold_in(rng, i), i % num_restarts > 0, norm=norm,
-                           num_steps=num_steps, use_random_start=num_restarts > 1, eta=eta,
-                           alpha_max=alpha_max, beta=beta)
+    return _fab_single_run(lambda z, key: margin_grad(z, key, target), st.misclassified,
+                           st.x0, st.eps, jax.random.fold_in(rng, i), i % num_restarts > 0,
+                           run_key=_run_keys(rng, i), norm=norm, num_steps=num_steps,
+                           use_random_start=num_restarts > 1, eta=eta, alpha_max=alpha_max,
+                           beta=beta)
 
-  x_adv = _fab_runs(candidate, misclassified, x0, eps, correct, norm,
-                    n_targets * num_restarts)
-  return jax.lax.stop_gradient(x_adv.reshape(x.shape))
+  x_adv = _fab_runs(candidate, st, rng, norm, n_targets * num_restarts)
+  return jax.lax.stop_gradient(x_adv.reshape(st.x.shape))
+
+
+_DUAL = {"linf": "l1", "l2": "l2", "l1": "linf"}
 
 
 def _dual_norm_last(g, norm: str):
   """Dual norm over the last axis: L1 for L-inf, L2 for L2, L-inf for L1."""
-  if norm == "linf":
-    return jnp.sum(jnp.abs(g), axis=-1)
-  if norm == "l2":
-    return jnp.sqrt(jnp.sum(g * g, axis=-1))
-  return jnp.max(jnp.abs(g), axis=-1)
+  return _row_norm(g, _DUAL[norm])
 
 
-def fab(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
+def fab(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
         norm: str = "linf", num_steps: int = 100, num_restarts: int = 5,
         alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9) -> jax.Array:
   """FAB, untargeted Fast Adaptive Boundary attack (Croce & Hein, ICML 2020).
@@ -537,8 +348,10 @@ def fab(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
       ties in the closest distance go to the lowest class index.
 
   Args:
-    logits_fn: pure ``x -> logits`` (``[B, K]``; cast to float32).
-    rng: PRNG key for the random restarts.
+    logits_fn: pure ``x -> logits`` (``[B, K]``; cast to float32), or a
+      stochastic ``(x, key) -> logits`` (:func:`jaxrobust.attacks.stochastic`)
+      that gets a fresh key, derived from ``rng``, in every forward pass.
+    rng: PRNG key for the random restarts (and a stochastic model's keys).
     x: float32 ``[B, H, W, C]`` (any ``[B, ...]``) in [0, 1].
     y: int ``[B]`` true labels. Examples with ``argmax logits_fn(x) != y``
       are returned unchanged.
@@ -562,23 +375,16 @@ def fab(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
     ValueError: invalid norm, eps (value or shape), step/restart count,
       alpha_max, eta or beta, or fewer than 2 classes.
   """
-  _check_settings(norm, eps, num_steps, num_restarts, alpha_max, eta, beta)
-  x, y, x0, eps = _prepare(x, y, eps)
-
-  def logits_of(z):
-    return logits_fn(z.reshape(x.shape)).astype(jnp.float32)
-
-  clean_logits = jax.lax.stop_gradient(logits_of(x0))
-  num_classes = clean_logits.shape[-1]
-  if num_classes < 2:
-    raise ValueError(f"FAB needs >= 2 classes, got {num_classes}")
-  correct = jnp.argmax(clean_logits, axis=-1) == y
+  st = _setup("FAB", logits_fn, rng, x, y, eps, norm, num_steps, num_restarts, alpha_max,
+              eta, beta)
+  y = st.y
+  num_classes = st.clean_logits.shape[-1]
   is_true = jax.nn.one_hot(y, num_classes, dtype=jnp.bool_)          # [B, K]
   cotangents = jnp.broadcast_to(jnp.eye(num_classes, dtype=jnp.float32)[:, None, :],
-                                (num_classes,) + clean_logits.shape)  # [K, B, K]
+                                (num_classes,) + st.clean_logits.shape)  # [K, B, K]
 
-  def closest_hyperplane(z):
-    logits, vjp = jax.vjp(logits_of, z)
+  def closest_hyperplane(z, key):
+    logits, vjp = jax.vjp(lambda zz: st.logits_of(zz, key), z)
     grads = jnp.moveaxis(jax.vmap(lambda ct: vjp(ct)[0])(cotangents), 0, 1)   # [B, K, D]
     df = logits - _gather(logits, y)[:, None]                                   # f_j - f_y
     dg = grads - jnp.take_along_axis(grads, y[:, None, None], axis=1)
@@ -588,14 +394,11 @@ def fab(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *, eps,
     w = jnp.take_along_axis(dg, ind[:, None, None], axis=1)[:, 0]
     return w, _gather(df, ind)
 
-  def misclassified(z):
-    return jnp.argmax(logits_of(z), axis=-1) != y
-
   def candidate(i):
-    return _fab_single_run(closest_hyperplane, misclassified, x0, eps,
-                           jax.random.fold_in(rng, i), i > 0, norm=norm, num_steps=num_steps,
-                           use_random_start=num_restarts > 1, eta=eta, alpha_max=alpha_max,
-                           beta=beta)
+    return _fab_single_run(closest_hyperplane, st.misclassified, st.x0, st.eps,
+                           jax.random.fold_in(rng, i), i > 0, run_key=_run_keys(rng, i),
+                           norm=norm, num_steps=num_steps, use_random_start=num_restarts > 1,
+                           eta=eta, alpha_max=alpha_max, beta=beta)
 
-  x_adv = _fab_runs(candidate, misclassified, x0, eps, correct, norm, num_restarts)
-  return jax.lax.stop_gradient(x_adv.reshape(x.shape))
+  x_adv = _fab_runs(candidate, st, rng, norm, num_restarts)
+  return jax.lax.stop_gradient(x_adv.reshape(st.x.shape))

@@ -9,13 +9,17 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxrobust.losses import cross_entropy, kl_divergence
+
 _BIG = 1e4  # masks the true class out of a max (fp16/bf16-safe, unlike 1e10).
 
 
 def ce_loss(logits, labels):
-  """Cross-entropy ``-log softmax(z)_y``: float32 ``[B]``."""
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
+  """Cross-entropy ``-log softmax(z)_y``: float32 ``[B]``.
+
+  :func:`jaxrobust.losses.cross_entropy` with ``reduction='none'``.
+  """
+  return cross_entropy(logits, labels, reduction="none")
 
 
 def _true_and_best_other(logits, labels):
@@ -46,11 +50,11 @@ def kl_loss(logits, ref_logits):
   """``KL(softmax(ref) || softmax(z))`` summed over classes: float32 ``[B]``.
 
   The TRADES inner objective (``yaodongyu/TRADES:trades.py``) with
-  ``ref_logits`` the clean logits (treated as constants).
+  ``ref_logits`` the clean logits (treated as constants):
+  :func:`jaxrobust.losses.kl_divergence` summed over classes only.
   """
-  ref_logp = jax.nn.log_softmax(jax.lax.stop_gradient(ref_logits).astype(jnp.float32), -1)
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), -1)
-  return jnp.sum(jnp.exp(ref_logp) * (ref_logp - logp), axis=-1)
+  return jnp.sum(kl_divergence(jax.lax.stop_gradient(ref_logits), logits, reduction="none"),
+                 axis=-1)
 
 
 def dlr_loss(logits, labels):

@@ -6,8 +6,10 @@ targeted attack ascends ``-loss(logits, target)``.
 
 API: ``attack(logits_fn, rng, x, y, **settings) -> x_adv`` where
 ``logits_fn(x) -> logits`` is pure (its BatchNorm mode is the caller's choice:
-pass the eval view for evaluation), ``x`` is float32 ``[B, H, W, C]`` in [0, 1]
-and ``y`` int32 ``[B]``. The result is float32 like ``x``, ``stop_gradient``-ed,
+pass the eval view for evaluation), or a stochastic model
+``logits_fn(x, key)`` marked with :func:`jaxrobust.attacks.stochastic`, which
+gets a fresh key (derived from ``rng``) in every forward pass; ``x`` is float32
+``[B, H, W, C]`` in [0, 1] and ``y`` int32 ``[B]``. The result is float32 like ``x``, ``stop_gradient``-ed,
 within ``eps`` of ``x`` in the chosen norm and inside [0, 1].
 
 The iteration is a ``lax.fori_loop`` whose body is unrolled ``unroll`` times:
@@ -24,8 +26,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks._losses import LOSSES
+from jaxrobust.attacks._model import call_logits, model_key
 from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction,
                                             project, random_init)
+from jaxrobust.types import AnyLogitsFn
 
 CPU_UNROLL = 10
 
@@ -44,8 +48,8 @@ def _objective_fn(logits_fn, loss: str, targeted: bool, kappa: float) -> Callabl
   if loss == "cw":
     base = functools.partial(base, kappa=kappa)
 
-  def objective(x_adv, target):
-    logits = logits_fn(x_adv)
+  def objective(x_adv, target, key):
+    logits = call_logits(logits_fn, x_adv, key)
     value = base(logits, target)
     return (-value if targeted else value), logits
 
@@ -57,7 +61,7 @@ def _is_success(logits, y, targeted):
   return (pred == y) if targeted else (pred != y)
 
 
-def pgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
         eps: float, step_size: float, num_steps: int, norm: str = "linf",
         loss: str = "ce", random_start: str = "uniform", targeted: bool = False,
         num_restarts: int = 1, early_stop: bool = False, kappa: float = 50.0,
@@ -69,8 +73,10 @@ def pgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   per-example objective.
 
   Args:
-    logits_fn: pure ``x -> logits`` (float32 ``[B, K]``).
-    rng: PRNG key for the random start(s).
+    logits_fn: pure ``x -> logits`` (float32 ``[B, K]``), or a stochastic
+      ``(x, key) -> logits`` (:func:`jaxrobust.attacks.stochastic`): every
+      forward pass then gets a fresh key derived from ``rng``.
+    rng: PRNG key for the random start(s) (and a stochastic model's keys).
     x: float32 ``[B, H, W, C]`` in [0, 1].
     y: int32 ``[B]``: true labels (untargeted) or target labels (targeted).
       Ignored by ``loss='kl'``.
@@ -88,7 +94,7 @@ def pgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
       as in Rice et al. 2020 ``attack_pgd(early_stop=True)``.
     kappa: confidence of the CW hinge loss.
     ref_logits: float32 ``[B, K]`` reference for ``loss='kl'``; defaults to
-      ``stop_gradient(logits_fn(x))``.
+      ``stop_gradient(logits_fn(x))`` (one pass).
     unroll: ``fori_loop`` unroll factor; None -> :func:`default_unroll`.
 
   Returns:
@@ -108,34 +114,35 @@ def pgd(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   x = jax.lax.stop_gradient(x.astype(jnp.float32))
   target = y
   if loss == "kl":
-    target = jax.lax.stop_gradient(logits_fn(x) if ref_logits is None else ref_logits)
+    target = jax.lax.stop_gradient(call_logits(logits_fn, x, model_key(rng, 0))
+                                   if ref_logits is None else ref_logits)
   objective = _objective_fn(logits_fn, loss, targeted, kappa)
-  grad_fn = jax.grad(lambda xa: _sum_aux(objective(xa, target)), has_aux=True)
+  grad_fn = jax.grad(lambda xa, key: _sum_aux(objective(xa, target, key)), has_aux=True)
   unroll = default_unroll(num_steps) if unroll is None else unroll
 
-  def step(_, x_adv):
-    g, logits = grad_fn(x_adv)
+  def step(r, i, x_adv):
+    g, logits = grad_fn(x_adv, model_key(rng, 1, r, i))
     x_new = project(x_adv + step_size * ascent_direction(g, norm), x, eps, norm)
     if early_stop:
       active = ~_is_success(logits, y, targeted)
       x_new = jnp.where(active[:, None, None, None], x_new, x_adv)
     return x_new
 
-  def run(key):
+  def run(key, r):
     x_adv = project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
     if unroll >= num_steps:  # straight-line code: no while loop at all.
       for i in range(num_steps):
-        x_adv = step(i, x_adv)
+        x_adv = step(r, i, x_adv)
       return x_adv
-    return jax.lax.fori_loop(0, num_steps, step, x_adv, unroll=unroll)
+    return jax.lax.fori_loop(0, num_steps, functools.partial(step, r), x_adv, unroll=unroll)
 
   if num_restarts == 1:
-    return jax.lax.stop_gradient(run(rng))
+    return jax.lax.stop_gradient(run(rng, 0))
 
   def restart(r, best):
     best_x, best_obj, best_succ = best
-    x_r = run(jax.random.fold_in(rng, r))
-    obj, logits = objective(x_r, target)
+    x_r = run(jax.random.fold_in(rng, r), r)
+    obj, logits = objective(x_r, target, model_key(rng, 2, r))
     succ = _is_success(logits, y, targeted)
     better = (succ & ~best_succ) | ((succ == best_succ) & (obj > best_obj))
     return (jnp.where(better[:, None, None, None], x_r, best_x),
@@ -151,7 +158,7 @@ def _sum_aux(value_and_logits):
   return jnp.sum(value), logits
 
 
-def fgsm(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+def fgsm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
          eps: float, step_size: float | None = None, norm: str = "linf", loss: str = "ce",
          random_start: str = "none", targeted: bool = False, kappa: float = 50.0,
          ref_logits: jax.Array | None = None) -> jax.Array:

@@ -8,12 +8,10 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from jaxrobust.attacks._norms import l2_norm
+
 NORMS = ("linf", "l2")
 RANDOM_STARTS = ("uniform", "normal", "none")
-
-
-def _per_example_l2(v):
-  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
 
 
 def random_init(rng, x, eps, norm: str = "linf", kind: str = "uniform"):
@@ -41,7 +39,7 @@ def random_init(rng, x, eps, norm: str = "linf", kind: str = "uniform"):
     return jax.random.uniform(rng, x.shape, x.dtype, -eps, eps)
   k1, k2 = jax.random.split(rng)
   d = jax.random.normal(k1, x.shape, x.dtype)
-  d = d / jnp.maximum(_per_example_l2(d), 1e-12)
+  d = d / jnp.maximum(l2_norm(d), 1e-12)
   dim = x[0].size
   r = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype) ** (1.0 / dim)
   return eps * r * d
@@ -51,7 +49,7 @@ def ascent_direction(grad, norm: str = "linf"):
   """Steepest-ascent direction: ``sign(g)`` (L-inf) or ``g / ||g||_2`` (L2)."""
   if norm == "linf":
     return jnp.sign(grad)
-  return grad / jnp.maximum(_per_example_l2(grad), 1e-12)
+  return grad / jnp.maximum(l2_norm(grad), 1e-12)
 
 
 def linf_project(x_adv, x, eps):
@@ -62,7 +60,7 @@ def linf_project(x_adv, x, eps):
 def l2_project(x_adv, x, eps):
   """Projects ``x_adv - x`` onto the L2 ball of radius eps, then clips to [0, 1]."""
   delta = x_adv - x
-  delta = delta * jnp.minimum(1.0, eps / jnp.maximum(_per_example_l2(delta), 1e-12))
+  delta = delta * jnp.minimum(1.0, eps / jnp.maximum(l2_norm(delta), 1e-12))
   return jnp.clip(x + delta, 0.0, 1.0)
 
 

@@ -20,11 +20,14 @@ array keeps a static shape.
 from __future__ import annotations
 
 import math
-from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from jaxrobust.attacks._model import call_logits, model_key
+from jaxrobust.attacks._norms import l2_norm
+from jaxrobust.types import AnyLogitsFn
 
 SQUARE_NORMS = ("linf", "l2")
 
@@ -113,7 +116,7 @@ def _true_margin(logits, y):
 
 
 def _l2n(v, axis):
-  return jnp.sqrt(jnp.sum(jnp.square(v), axis=axis, keepdims=True))
+  return l2_norm(v, axis=axis, keepdims=True)
 
 
 def _window_mask(r, c, s, h, w):
@@ -261,7 +264,7 @@ def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
     tables = jnp.asarray(tables)
   k_init, k_loop = jax.random.split(rng)
   x_best = _init(k_init, x, eps, norm)
-  margin = _true_margin(logits_fn(x_best), y)
+  margin = _true_margin(call_logits(logits_fn, x_best, model_key(rng, 0)), y)
   history = None
   if record:
     history = jnp.zeros((n_queries + 1, b), jnp.float32).at[0].set(margin)
@@ -291,7 +294,7 @@ def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
       pattern = jnp.where(mask1, _place(tables, level, r1, c1, flip, h, w), 0.0)
       x_new = _l2_proposal(x, xb, mask1, _window_mask(r2, c2, s, h, w), pattern, colour,
                            eps)
-    m_new = _true_margin(logits_fn(x_new), y)
+    m_new = _true_margin(call_logits(logits_fn, x_new, model_key(rng, 1, i)), y)
     # Reference: accept if the loss decreased or the proposal misclassifies;
     # with loss='margin' and m > 0 for every example still to fool, the
     # second case implies the first.
@@ -310,7 +313,7 @@ def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
   return x_best, margin
 
 
-def square(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
+def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
            eps: float, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8,
            num_restarts: int = 1) -> jax.Array:
   """Square attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient
@@ -365,7 +368,9 @@ def square(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   not attacked and returned unchanged.
 
   Args:
-    logits_fn: pure ``x -> logits`` (float32 ``[B, K]``); queried once on the
+    logits_fn: pure ``x -> logits`` (float32 ``[B, K]``), or a stochastic
+      ``(x, key) -> logits`` (:func:`jaxrobust.attacks.stochastic`) that gets a
+      fresh key, derived from ``rng``, in every query; queried once on the
       clean batch, once per restart at the start, then once per iteration.
     rng: PRNG key.
     x: float32 ``[B, H, W, C]`` in [0, 1]; L2 needs ``H >= 5``.
@@ -402,7 +407,7 @@ def square(logits_fn: Callable, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   n_queries, num_restarts = int(n_queries), int(num_restarts)
   x = jax.lax.stop_gradient(x.astype(jnp.float32))
   y = y.astype(jnp.int32)
-  clean_correct = jnp.argmax(logits_fn(x), axis=-1) == y
+  clean_correct = jnp.argmax(call_logits(logits_fn, x, model_key(rng, 0)), axis=-1) == y
   # Not-attacked examples keep x; attacked ones take the first restart's point.
   best_m = jnp.where(clean_correct, jnp.inf, -jnp.inf)
 

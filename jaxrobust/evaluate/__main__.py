@@ -12,7 +12,15 @@ eps plot with ``--curve_eps``).
 
 Names: ``clean``, ``fgsm``, ``pgd20``, ``pgd20_trades``, ``cw30`` (see
 :mod:`jaxrobust.evaluate.suite`), ``aa-standard``, ``aa-plus``, ``aa-rand``,
-and ``aa-custom`` (with ``--aa_attacks apgd-ce,square``).
+and ``aa-custom`` (with ``--aa_attacks apgd_ce,square``); AutoAttack names
+are also accepted with underscores (``aa_standard``) and the cascade's
+attacks with the reference's hyphens (``apgd-ce``, ``fab-t``). A model with
+random parts at evaluation time (e.g. ``noisy_simple_cnn``) gets a fresh key
+in every forward pass; evaluate it with ``aa-rand`` (``aa-standard`` warns).
+
+Threat model: ``--eps`` / ``--norm`` when given, else the run's own
+``config.eps`` / ``config.norm`` when its config has them, else 8/255 L-inf
+(0.5 for L2).
 """
 from jaxrobust.cli import apply_cpu_defaults, run_main
 
@@ -27,10 +35,13 @@ _CHECKPOINT = flags.DEFINE_string(
     "checkpoint", None, "A checkpoint step directory, <workdir>/checkpoints/{best,latest}/<step>.")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint to evaluate.")
 _ATTACKS = flags.DEFINE_list("attacks", list(DEFAULT_SUITE), "Evaluations to run.")
-_AA_ATTACKS = flags.DEFINE_list("aa_attacks", [], "Attacks of aa-custom, e.g. apgd-ce,square.")
+_AA_ATTACKS = flags.DEFINE_list("aa_attacks", [], "Attacks of aa-custom, e.g. apgd_ce,square "
+                                 "(the hyphen spellings apgd-ce, fab-t are accepted).")
 _N = flags.DEFINE_integer("n_examples", 1000, "First n test images (exact ones only).")
-_EPS = flags.DEFINE_float("eps", None, "Budget in pixel units (default 8/255 L-inf, 0.5 L2).")
-_NORM = flags.DEFINE_enum("norm", "linf", ["linf", "l2"], "Threat model.")
+_EPS = flags.DEFINE_float("eps", None, "Budget in pixel units (default: the run's config.eps, "
+                          "else 8/255 L-inf, 0.5 L2).")
+_NORM = flags.DEFINE_enum("norm", None, ["linf", "l2"], "Threat model (default: the run's "
+                          "config.norm, else linf).")
 _BATCH = flags.DEFINE_integer("batch_size", 0, "Eval batch size (0: config.eval.batch_size).")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the attacks' random starts.")
 _OUT = flags.DEFINE_string("out", None, "JSON report path (default <workdir>/eval_<which>.json).")
@@ -53,7 +64,7 @@ def main(argv):
   from jaxrobust.data import load_split  # pylint: disable=g-import-not-at-top
   from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluate.evaluators import exact_subset  # pylint: disable=g-import-not-at-top
-  from jaxrobust.evaluate.report import evaluate_names, plot_curve  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluate.report import canonical_evaluation_name, evaluate_names, plot_curve  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluate.restore import load_trained, parse_checkpoint_path  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
@@ -64,8 +75,11 @@ def main(argv):
     workdir, which, step = parse_checkpoint_path(_CHECKPOINT.value)
   if not workdir:
     raise ConfigError("pass --workdir DIR (a training workdir) or --checkpoint PATH")
+  names = [canonical_evaluation_name(n) for n in _ATTACKS.value]  # fail before restoring
+  curve_names = [canonical_evaluation_name(n) for n in _CURVE_ATTACKS.value]
   trained = load_trained(workdir, which, step, use_ema=_EMA.value)
   config = trained.config
+  eps, norm = threat_model(config, _EPS.value, _NORM.value)
   test = load_split(config.data.name, "test", config.data.source, config.data.data_dir or None)
   test = exact_subset(test, _N.value)
   mesh = parallel.make_mesh(config.num_devices or None)
@@ -73,8 +87,8 @@ def main(argv):
   opts = dict(batch_size=batch, mesh=mesh, seed=_SEED.value, aa_attacks=_AA_ATTACKS.value,
               aa_state=_AA_STATE.value)
   report = {"workdir": trained.workdir, "checkpoint": which, "step": trained.step,
-            "n_examples": len(test), "norm": _NORM.value, "ema": trained.uses_ema}
-  report.update(evaluate_names(trained, test, _ATTACKS.value, _EPS.value, _NORM.value,
+            "n_examples": len(test), "norm": norm, "ema": trained.uses_ema}
+  report.update(evaluate_names(trained, test, names, eps, norm,
                                verbose=True, save_adv=_SAVE_ADV.value, **opts))
   out = _OUT.value or os.path.join(workdir, f"eval_{which}.json")
   if _CURVE_EPS.value:
@@ -82,23 +96,46 @@ def main(argv):
     for e in _CURVE_EPS.value:
       eps = float(e) / 255
       if eps == 0:
-        r = evaluate_names(trained, test, ["clean"], None, _NORM.value, **opts)
-        curve[e] = {a: r["accuracy"]["clean"] for a in _CURVE_ATTACKS.value}
+        r = evaluate_names(trained, test, ["clean"], None, norm, **opts)
+        curve[e] = {a: r["accuracy"]["clean"] for a in curve_names}
         continue
-      r = evaluate_names(trained, test, _CURVE_ATTACKS.value, eps, _NORM.value, **dict(
-          opts, aa_state=None))
+      r = evaluate_names(trained, test, curve_names, eps, norm, **dict(opts, aa_state=None))
       curve[e] = r["accuracy"]
       print(f"eps {e}/255: " + ", ".join(f"{k} {100 * v:.2f} %" for k, v in curve[e].items()),
             flush=True)
     report["curve"] = curve
     png = os.path.splitext(out)[0] + "_curve.png"
     if jax.process_index() == 0:
-      plot_curve(curve, png, _NORM.value)
+      plot_curve(curve, png, norm)
       print(f"plot written to {png}")
   if jax.process_index() == 0:
     with open(out, "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
     print(f"report written to {out}")
+
+
+def threat_model(config, eps_flag=None, norm_flag=None) -> tuple[float | None, str]:
+  """``(eps, norm)`` of the evaluation: the flags, else the run's ``config.eps`` /
+  ``config.norm`` (when its config has them), else ``(None, 'linf')`` (None:
+  the suite's and AutoAttack's default for the norm, 8/255 L-inf or 0.5 L2).
+
+  Raises:
+    ConfigError: the run's config holds an invalid norm or eps.
+  """
+  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  get = config.get if hasattr(config, "get") else (lambda k, d=None: d)
+  norm = norm_flag or get("norm", None) or "linf"
+  if norm not in ("linf", "l2"):
+    raise ConfigError(f"config.norm={norm!r} in the run's config.json; use 'linf' or 'l2' "
+                      f"(or pass --norm)")
+  eps = eps_flag
+  if eps is None:
+    cfg_eps = get("eps", None)
+    cfg_norm = get("norm", None) or "linf"
+    # The run's eps belongs to the run's norm: not reused for another --norm.
+    if isinstance(cfg_eps, (int, float)) and cfg_eps > 0 and cfg_norm == norm:
+      eps = float(cfg_eps)
+  return eps, norm
 
 
 def run():

@@ -13,8 +13,23 @@ run_standard_evaluation``) and ``checks.py``. The cascade:
 Versions: ``standard`` = APGD-CE (1 restart) -> APGD-T (9 targets) -> FAB-T
 (9 targets) -> Square (5,000 queries); ``plus`` = APGD-CE x5, APGD-DLR x5,
 FAB x5, Square x5, APGD-T, FAB-T; ``rand`` = APGD-CE, APGD-DLR with EOT 20
-(the model's ``logits_fn`` must then accept ``(x, key)``); ``custom`` = any
-list of those names.
+(for randomised defences); ``custom`` = any list of attacks registered with
+an AutoAttack hook.
+
+The attacks come from the attack registry (:mod:`jaxrobust.attacks.registry`):
+each cascade entry is a registered attack with an
+:class:`~jaxrobust.attacks.AutoAttackHook` that names the
+:class:`AutoAttackSettings` fields setting it and its passes. Names use the
+registry's spelling (``apgd_ce``, ``apgd_dlr``, ``apgd_t``, ``fab``,
+``fab_t``, ``square``); the reference's ``apgd-ce``, ``fab-t``, ... are
+accepted as aliases wherever a name is typed.
+
+Stochastic models: ``logits_fn`` may be a stochastic model
+(:func:`jaxrobust.attacks.stochastic`); every forward pass of the cascade
+(clean predictions, attacks, checks) then gets a fresh key. The reference's
+``check_randomized`` (outputs on the same input differ between calls; here:
+between calls with different keys) warns when such a model is evaluated with
+a version other than ``rand``.
 
 Deliberate differences: the still-robust points are gathered on the host and
 attacked in fixed-size, device-sharded batches (padding rows are ignored);
@@ -41,24 +56,61 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from jaxrobust.attacks._apgd import apgd_single_run, top_k_target
-from jaxrobust.attacks._fab import fab, fab_targeted
-from jaxrobust.attacks._square import square
-from jaxrobust.attacks._losses import dlr_loss
+from jaxrobust.attacks import (attack_names, call_logits, dlr_loss, get_attack, model_key,
+                               resolve_attack_name)
 from jaxrobust.errors import CheckpointError, ConfigError
 from jaxrobust.parallel import check_batch_size, data_sharding, replicated
+from jaxrobust.types import AnyLogitsFn
 
 VERSIONS = {
-    "standard": ("apgd-ce", "apgd-t", "fab-t", "square"),
-    "plus": ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t"),
-    "rand": ("apgd-ce", "apgd-dlr"),
+    "standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
+    "plus": ("apgd_ce", "apgd_dlr", "fab", "square", "apgd_t", "fab_t"),
+    "rand": ("apgd_ce", "apgd_dlr"),
 }
-ATTACK_NAMES = ("apgd-ce", "apgd-dlr", "apgd-t", "fab", "fab-t", "square")
+
+
+def autoattack_names() -> list[str]:
+  """The registered attacks the cascade can run (those with an AutoAttack hook)."""
+  return attack_names(autoattack=True)
+
+
+def canonical_attack_names(attacks) -> tuple:
+  """AutoAttack attack names in the registry's spelling (``'apgd-ce'`` -> ``'apgd_ce'``).
+
+  Raises:
+    ConfigError: a name that is not registered or has no AutoAttack hook; the
+      message lists the valid names.
+  """
+  out, bad = [], []
+  for a in attacks:
+    try:
+      name = resolve_attack_name(a)
+    except ConfigError:
+      bad.append(a)
+      continue
+    if get_attack(name).autoattack is None:
+      bad.append(a)
+    out.append(name)
+  if bad:
+    raise ConfigError(f"unknown AutoAttack attack(s) {bad}; choose from {autoattack_names()} "
+                      f"(or their hyphen spellings, e.g. 'apgd-ce', 'fab-t')")
+  return tuple(out)
 
 
 @dataclasses.dataclass(frozen=True)
 class AutoAttackSettings:
-  """Per-version attack settings (reference ``set_version``)."""
+  """Per-version attack settings (reference ``set_version``).
+
+  Attributes:
+    eps: budget in pixel units (> 0).
+    norm: ``'linf'`` or ``'l2'``.
+    version: ``'standard'``, ``'plus'``, ``'rand'`` or ``'custom'``.
+    attacks: the cascade, registry names in order.
+    apgd_restarts, apgd_steps, apgd_t_targets, fab_restarts, fab_steps,
+    fab_t_targets, square_queries, square_restarts, eot_iter: the attacks'
+      settings (each registered attack's :class:`AutoAttackHook` names the
+      fields it reads).
+  """
   eps: float
   norm: str = "linf"
   version: str = "standard"
@@ -78,6 +130,14 @@ class AutoAttackSettings:
                   attacks=None, **overrides) -> "AutoAttackSettings":
     """Settings of ``version``; ``attacks`` is required for ``'custom'``.
 
+    Args:
+      eps: budget in pixel units (8/255 L-inf, 0.5 L2 in the literature).
+      norm: ``'linf'`` or ``'l2'``.
+      version: ``'standard'``, ``'plus'``, ``'rand'`` or ``'custom'``.
+      attacks: for ``'custom'``: registered names or aliases, e.g.
+        ``('apgd_ce', 'square')`` or ``('apgd-ce', 'square')``.
+      **overrides: any other field (e.g. ``apgd_steps=10``).
+
     Raises:
       ConfigError: unknown version/attack/norm, invalid eps.
     """
@@ -87,7 +147,7 @@ class AutoAttackSettings:
       raise ConfigError(f"AutoAttack eps must be > 0 (pixel units), got {eps}")
     if version == "custom":
       if not attacks:
-        raise ConfigError("version='custom' needs a list of attacks from " f"{ATTACK_NAMES}")
+        raise ConfigError(f"version='custom' needs a list of attacks from {autoattack_names()}")
     elif version in VERSIONS:
       if attacks:
         raise ConfigError(f"attacks are fixed by version={version!r}; use version='custom'")
@@ -95,9 +155,7 @@ class AutoAttackSettings:
     else:
       raise ConfigError(f"unknown AutoAttack version {version!r}; use one of "
                         f"{sorted(VERSIONS) + ['custom']}")
-    bad = [a for a in attacks if a not in ATTACK_NAMES]
-    if bad:
-      raise ConfigError(f"unknown AutoAttack attack(s) {bad}; choose from {ATTACK_NAMES}")
+    attacks = canonical_attack_names(attacks)
     kw = dict(eps=float(eps), norm=norm, version=version, attacks=tuple(attacks))
     if version == "plus":
       kw.update(apgd_restarts=5, fab_restarts=5, square_restarts=5)
@@ -107,88 +165,127 @@ class AutoAttackSettings:
     return cls(**kw)
 
 
+def attack_settings(name: str, s: AutoAttackSettings) -> dict:
+  """The settings the cascade passes to registered attack ``name`` under ``s``.
+
+  ``eps`` and ``norm``, the fields named by the attack's
+  :class:`~jaxrobust.attacks.AutoAttackHook`, and the spec's fixed settings
+  (e.g. ``loss='ce'`` for ``apgd_ce``).
+
+  Raises:
+    ConfigError: unknown name or one without an AutoAttack hook.
+  """
+  spec = get_attack(canonical_attack_names([name])[0])
+  cfg = {"eps": s.eps, "norm": s.norm}
+  cfg.update({k: getattr(s, field) for k, field in spec.autoattack.settings.items()})
+  cfg.update(spec.fixed)
+  return cfg
+
+
 def _sub_runs(name: str, s: AutoAttackSettings) -> int:
-  """Number of passes of an attack (restarts x target classes)."""
-  if name in ("apgd-ce", "apgd-dlr"):
-    return s.apgd_restarts
-  if name == "apgd-t":
-    return s.apgd_t_targets
-  if name in ("fab", "fab-t", "square"):
-    return 1  # restarts / target classes loop inside the attack
-  raise ConfigError(f"unknown attack {name!r}")
+  """Number of passes of an attack (e.g. APGD's restarts, APGD-T's target classes)."""
+  hook = get_attack(name).autoattack
+  return 1 if hook.passes is None else int(hook.passes(attack_settings(name, s)))
 
 
 def _attack_fn(name: str, s: AutoAttackSettings) -> Callable:
-  """``fn(logits_fn, key, x, y, sub) -> x_adv`` for pass ``sub`` of attack ``name``."""
-  if name in ("apgd-ce", "apgd-dlr"):
-    loss = "ce" if name == "apgd-ce" else "dlr"
+  """``fn(logits_fn, key, x, y, sub) -> x_adv`` for pass ``sub`` of registered attack ``name``."""
+  spec = get_attack(name)
+  cfg = attack_settings(name, s)
+  if spec.autoattack.run is not None:
+    run = spec.autoattack.run
+
+    def fn(logits_fn, key, x, y, sub):
+      return run(logits_fn, key, x, y, sub, **cfg)
+  else:
+    attack = spec.fn
 
     def fn(logits_fn, key, x, y, sub):
       del sub
-      return apgd_single_run(logits_fn, key, x, y, eps=s.eps, norm=s.norm,
-                             num_steps=s.apgd_steps, loss=loss, eot_iter=s.eot_iter)[0]
-    return fn
-  if name == "apgd-t":
-    def fn(logits_fn, key, x, y, sub):
-      target = top_k_target(logits_fn(x), sub + 2)
-      return apgd_single_run(logits_fn, key, x, y, eps=s.eps, norm=s.norm,
-                             num_steps=s.apgd_steps, loss="dlr_targeted", y_target=target)[0]
-    return fn
-  if name == "fab-t":
-    def fn(logits_fn, key, x, y, sub):
-      del sub
-      return fab_targeted(logits_fn, key, x, y, eps=s.eps, norm=s.norm, num_steps=s.fab_steps,
-                          num_restarts=s.fab_restarts, n_target_classes=s.fab_t_targets)
-    return fn
-  if name == "fab":
-    def fn(logits_fn, key, x, y, sub):
-      del sub
-      return fab(logits_fn, key, x, y, eps=s.eps, norm=s.norm, num_steps=s.fab_steps,
-                 num_restarts=s.fab_restarts)
-    return fn
-  if name == "square":
-    def fn(logits_fn, key, x, y, sub):
-      del sub
-      return square(logits_fn, key, x, y, eps=s.eps, norm=s.norm, n_queries=s.square_queries,
-                    num_restarts=s.square_restarts)
-    return fn
-  raise ConfigError(f"unknown attack {name!r}")
+      return attack(logits_fn, key, x, y, **cfg)
+  return fn
 
 
-def sanity_checks(logits_fn: Callable, x: jax.Array, y: jax.Array, s: AutoAttackSettings,
-                  n_classes: int) -> list[str]:
-  """The reference's checks on one batch; returns (and warns) the messages.
+RANDOMIZED_DEFENSE = ("the model's output is not deterministic: it seems to be a randomized "
+                      "defense; use version='rand' (aa-rand)")
 
-  * non-deterministic outputs (randomised defence -> use version 'rand');
+
+def _l2_normalized(out):
+  out = np.asarray(out, np.float64)
+  return out / (np.sqrt(np.sum(out ** 2, axis=-1, keepdims=True)) + 1e-10)
+
+
+def check_randomized(logits_fn: AnyLogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
+                     n: int = 5, alpha: float = 1e-4) -> bool:
+  """Whether the model looks randomised: its outputs on ``x`` differ between calls.
+
+  The reference's ``checks.check_randomized``: ``n`` forward passes on the same
+  batch; randomised when the number of correct predictions changes or two
+  L2-normalised outputs differ by more than ``alpha`` (L2 per example). A
+  stochastic model (:func:`jaxrobust.attacks.stochastic`) is called with ``n``
+  different keys (folded from ``key``); a plain one is simply called ``n`` times.
+
+  Args:
+    logits_fn: the model, plain or stochastic.
+    x: float32 ``[B, H, W, C]`` in [0, 1]; y: int ``[B]`` labels.
+    key: PRNG key of the passes.
+    n: number of passes (>= 2).
+    alpha: tolerance on the normalised outputs.
+
+  Returns:
+    True when the outputs differ (the reference warns then).
+  """
+  outs = [np.asarray(call_logits(logits_fn, x, model_key(key, i))) for i in range(n)]
+  correct = [int(np.sum(np.argmax(o, -1) == np.asarray(y))) for o in outs]
+  normed = [_l2_normalized(o) for o in outs]
+  max_diff = max(float(np.max(np.sqrt(np.sum((normed[i] - normed[j]) ** 2, axis=-1))))
+                 for i in range(n) for j in range(i + 1, n))
+  return len(set(correct)) > 1 or max_diff > alpha
+
+
+def sanity_checks(logits_fn: AnyLogitsFn, x: jax.Array, y: jax.Array, s: AutoAttackSettings,
+                  n_classes: int, key: jax.Array | None = None) -> list[str]:
+  """The reference's checks (``fra31/auto-attack:autoattack/checks.py``) on one batch.
+
+  Returns (and warns with ``UserWarning``) the messages:
+
+  * non-deterministic outputs (:func:`check_randomized`; a randomised defence
+    -> use version 'rand'), skipped for version 'rand' as in the reference;
   * outputs that look like probabilities (pass logits);
   * outputs that depend on the rest of the batch (BatchNorm in train mode);
   * too few classes for DLR / APGD-T / FAB-T targets;
   * correctly classified points with zero gradient of the DLR loss (gradient
     masking); the reference counts misclassified points too, for which DLR can
     be constant, so this check is restricted to the points that get attacked.
+
+  Args:
+    logits_fn: the model, plain or stochastic (then every pass gets a fresh key).
+    x: float32 ``[B, H, W, C]`` in [0, 1]; y: int ``[B]`` labels.
+    s: the AutoAttack settings.
+    n_classes: K.
+    key: PRNG key of a stochastic model's passes (default ``PRNGKey(0)``).
   """
+  key = jax.random.PRNGKey(0) if key is None else key
+  fwd = lambda z, i: call_logits(logits_fn, z, model_key(key, 100 + i))
   msgs = []
-  if s.version != "rand":
-    outs = [np.asarray(logits_fn(x)) for _ in range(3)]
-    if any(not np.allclose(outs[0], o, atol=1e-5) for o in outs[1:]):
-      msgs.append("the model's output is not deterministic: it seems to be a randomized "
-                  "defense; use version='rand'")
-  out = np.asarray(logits_fn(x))
+  if s.version != "rand" and check_randomized(logits_fn, x, y, key):
+    msgs.append(RANDOMIZED_DEFENSE)
+  out = np.asarray(fwd(x, 0))
   if out.max() < 1 + 1e-5 and out.min() > -1e-5 and np.all(np.abs(out.sum(-1) - 1) < 1e-5):
     msgs.append("the output looks like a probability distribution: pass logits, not softmax")
   if x.shape[0] > 1:
-    single = np.asarray(logits_fn(x[:1]))
+    single = np.asarray(fwd(x[:1], 0))
     if not np.allclose(single, out[:1], atol=1e-4, rtol=1e-4):
       msgs.append("the output of an example depends on the rest of the batch (BatchNorm in "
                   "train mode?): evaluate the eval view (running averages)")
-  if any(a in s.attacks for a in ("apgd-dlr", "apgd-t")) and n_classes <= 3:
+  if any(a in s.attacks for a in ("apgd_dlr", "apgd_t")) and n_classes <= 3:
     msgs.append(f"with {n_classes} classes the (targeted) DLR loss is not defined")
-  if "apgd-t" in s.attacks and s.apgd_t_targets + 1 > n_classes:
+  if "apgd_t" in s.attacks and s.apgd_t_targets + 1 > n_classes:
     msgs.append(f"APGD-T uses {s.apgd_t_targets} target classes but only {n_classes - 1} exist")
-  if "fab-t" in s.attacks and s.fab_t_targets + 1 > n_classes:
+  if "fab_t" in s.attacks and s.fab_t_targets + 1 > n_classes:
     msgs.append(f"FAB-T uses {s.fab_t_targets} target classes but only {n_classes - 1} exist")
   if n_classes >= 3:
-    g = jax.grad(lambda z: jnp.sum(dlr_loss(logits_fn(z), y)))(x)
+    g = jax.grad(lambda z: jnp.sum(dlr_loss(fwd(z, 1), y)))(x)
     # Only correctly classified points are attacked; for a misclassified point
     # whose true class ranks third, DLR is constant (= 1) and its gradient 0.
     correct = np.argmax(out, -1) == np.asarray(y)
@@ -249,6 +346,13 @@ def _load_state(state_dir, expect):
   except Exception as e:  # pylint: disable=broad-except
     raise CheckpointError(f"AutoAttack state in {state_dir} is unreadable ({e}); delete it to "
                           f"start over") from e
+  # States written before the registry spelled the attacks 'apgd-ce', 'fab-t', ...
+  canon = lambda n: resolve_attack_name(n) if isinstance(n, str) and "-" in n else n
+  meta["attacks"] = [canon(a) for a in meta.get("attacks", [])]
+  meta["done"] = [f"{canon(t.rsplit(':', 1)[0])}:{t.rsplit(':', 1)[1]}"
+                  for t in meta.get("done", [])]
+  for field in ("robust_accuracy", "seconds"):
+    meta[field] = {canon(k): v for k, v in meta.get(field, {}).items()}
   for k, v in expect.items():
     if meta.get(k) != v:
       raise CheckpointError(f"AutoAttack state in {state_dir} was written for {k}="
@@ -259,14 +363,17 @@ def _load_state(state_dir, expect):
 PAD_QUANTUM = 32  # rows: short chunks are padded to a multiple of this (and of the mesh size).
 
 
-def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
+def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, settings:
                    AutoAttackSettings, *, batch_size: int = 250, mesh=None, seed: int = 0,
                    state_dir: str | None = None, progress: bool = True) -> AutoAttackResult:
   """Runs the AutoAttack cascade on ``(x, y)``.
 
   Args:
     logits_fn: pure ``x -> logits`` of the eval-mode model, float32
-      ``[B, K]``; it is traced inside ``jax.jit`` (close over parameters).
+      ``[B, K]``, or a stochastic ``(x, key) -> logits``
+      (:func:`jaxrobust.attacks.stochastic`; every forward pass then gets a
+      fresh key derived from ``seed``); it is traced inside ``jax.jit``
+      (close over parameters).
     x: float32 ``[N, H, W, C]`` in [0, 1] (or uint8 0..255).
     y: int ``[N]`` labels.
     settings: from :meth:`AutoAttackSettings.for_version`.
@@ -301,7 +408,11 @@ def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
   else:
     jit = jax.jit
 
-  predict = jax.jit(lambda xb: jnp.argmax(logits_fn(xb), -1))
+  predict = jax.jit(lambda xb, k: jnp.argmax(call_logits(logits_fn, xb, k), -1))
+  key = jax.random.PRNGKey(seed)
+  # Model keys of the cascade's own forward passes (clean and post-attack predictions,
+  # checks); the attacks derive theirs from their own keys.
+  pred_key = jax.random.fold_in(key, 0x70726564)
 
   n_dev = 1 if mesh is None else mesh.devices.size
   quantum = n_dev * -(-PAD_QUANTUM // n_dev)
@@ -318,8 +429,8 @@ def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
 
   def predict_all(xs):
     out = np.empty(len(xs), np.int32)
-    for _, chunk, pad in batches(np.arange(len(xs))):
-      out[chunk] = np.asarray(predict(xs[pad]))[: len(chunk)]
+    for c, chunk, pad in batches(np.arange(len(xs))):
+      out[chunk] = np.asarray(predict(xs[pad], model_key(pred_key, 0, c)))[: len(chunk)]
     return out
 
   fingerprint = {"eps": settings.eps, "norm": settings.norm, "attacks": list(settings.attacks),
@@ -327,9 +438,10 @@ def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
                  "x_sum": round(float(x.sum()), 3)}
   restored = _load_state(state_dir, fingerprint) if state_dir else None
   first = x[:min(batch_size, n)]
-  n_classes = int(np.asarray(logits_fn(first[:2])).shape[-1])
+  n_classes = int(np.asarray(call_logits(logits_fn, jnp.asarray(first[:2]),
+                                         model_key(pred_key, 1))).shape[-1])
   msgs = sanity_checks(logits_fn, jnp.asarray(first), jnp.asarray(y[:len(first)]), settings,
-                       n_classes)
+                       n_classes, key=jax.random.fold_in(pred_key, 2))
   if restored is None:
     robust = predict_all(x) == y
     x_adv = x.copy()
@@ -337,7 +449,6 @@ def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
                 robust_accuracy={"clean": float(robust.mean())}, seconds={})
   else:
     meta, robust, x_adv = restored
-  key = jax.random.PRNGKey(seed)
   for a_i, name in enumerate(settings.attacks):
     fn = _attack_fn(name, settings)
     run = jit(lambda xb, yb, k, sub, fn=fn: fn(logits_fn, k, xb, yb, sub))
@@ -355,7 +466,8 @@ def run_autoattack(logits_fn: Callable, x: np.ndarray, y: np.ndarray, settings:
       for c, chunk, pad in it:
         k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, a_i), sub), c)
         adv = np.asarray(run(x[pad], y[pad], k, jnp.int32(sub)))[: len(chunk)]
-        pred = np.asarray(predict(np.concatenate([adv, x[pad][len(chunk):]])))[: len(chunk)]
+        pred = np.asarray(predict(np.concatenate([adv, x[pad][len(chunk):]]),
+                                  model_key(pred_key, 3, a_i, sub, c)))[: len(chunk)]
         broken = pred != y[chunk]
         robust[chunk[broken]] = False
         x_adv[chunk[broken]] = adv[broken]

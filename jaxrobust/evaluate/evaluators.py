@@ -8,14 +8,22 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from jaxrobust.attacks import attack_from_config
+from jaxrobust.attacks import attack_from_config, call_logits, model_key
 from jaxrobust.data import ArrayDataset, eval_batches, to_float
 from jaxrobust.methods.base import ModelFns
 from jaxrobust.parallel import check_batch_size, data_sharding, global_batch, replicated
 
 
 def attacks_from_config(evals: Mapping[str, Mapping | None]) -> dict[str, Callable | None]:
-  """``{name: attack config or None}`` -> ``{name: attack fn or None}`` (None = clean)."""
+  """``{name: attack config or None}`` -> ``{name: attack fn or None}`` (None = clean).
+
+  Each config is looked up in the attack registry
+  (:func:`jaxrobust.attacks.attack_from_config`), so a registered user attack
+  works like a built-in one.
+
+  Raises:
+    ConfigError: unknown attack name or setting, or an invalid value.
+  """
   return {name: (None if cfg is None else attack_from_config(cfg))
           for name, cfg in evals.items()}
 
@@ -31,6 +39,9 @@ def make_eval_step(model: ModelFns, attacks: Mapping[str, Callable | None], mesh
     mesh: when given, the batch is sharded over ``data`` and the result
       replicated.
 
+  A stochastic model (:meth:`ModelFns.logits_fn` returns the keyed form) gets
+  a fresh key in every forward pass: the attacks' and the final prediction's.
+
   Returns:
     A function whose output is ``{name: float32 number of correct examples,
     'count': number of real (unpadded) examples}`` for one padded batch
@@ -45,7 +56,8 @@ def make_eval_step(model: ModelFns, attacks: Mapping[str, Callable | None], mesh
     out = {"count": jnp.sum(mask)}
     for i, (name, attack) in enumerate(sorted(attacks.items())):
       x_eval = x if attack is None else attack(logits_fn, jax.random.fold_in(rng, i), x, y)
-      correct = (jnp.argmax(logits_fn(x_eval), -1) == y).astype(jnp.float32)
+      logits = call_logits(logits_fn, x_eval, model_key(rng, i))
+      correct = (jnp.argmax(logits, -1) == y).astype(jnp.float32)
       out[name] = jnp.sum(correct * mask)
     return out
 
@@ -83,7 +95,25 @@ def evaluate_accuracy(eval_step: Callable, params, batch_stats, dataset: ArrayDa
 def evaluate_model(model_fns, params, batch_stats, dataset: ArrayDataset,
                    evals: Mapping[str, Mapping | None], batch_size: int, mesh, seed: int = 0,
                    desc: str | None = None) -> dict[str, float]:
-  """Clean/robust accuracy of one model for a dict of attack configs."""
+  """Clean/robust accuracy of one model for a dict of attack configs.
+
+  Args:
+    model_fns: the functional model (:class:`jaxrobust.methods.ModelFns`).
+    params, batch_stats: its weights and BatchNorm running averages.
+    dataset: the examples (uint8 or float images, int labels).
+    evals: ``{name: attack config or None (clean)}``; configs name any
+      registered attack (:func:`jaxrobust.attacks.attack_from_config`).
+    batch_size: eval batch (divisible by the mesh size).
+    mesh: a ``('data',)`` mesh or None.
+    seed: seed of the attacks' random starts (and a stochastic model's keys).
+    desc: progress-bar label (None: no bar).
+
+  Returns:
+    ``{name: accuracy in [0, 1]}`` plus ``'count'``.
+
+  Raises:
+    ConfigError: an unknown attack or setting, or a bad batch size.
+  """
   step = make_eval_step(model_fns, attacks_from_config(evals), mesh)
   return evaluate_accuracy(step, params, batch_stats, dataset, batch_size, mesh,
                            jax.random.PRNGKey(seed), desc)

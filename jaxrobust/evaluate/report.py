@@ -9,21 +9,61 @@ from jaxrobust.data import ArrayDataset
 from jaxrobust.errors import ConfigError
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 from jaxrobust.evaluate.evaluators import evaluate_model
-from jaxrobust.evaluate.suite import suite_attacks
+from jaxrobust.evaluate.suite import DEFAULT_SUITE, suite_attacks
 
 AA_NAMES = ("aa-standard", "aa-plus", "aa-rand", "aa-custom")
+
+
+def evaluation_names() -> list[str]:
+  """Every name ``--attacks`` accepts: the suite's and AutoAttack's (``aa-*``)."""
+  return list(DEFAULT_SUITE) + list(AA_NAMES)
+
+
+def canonical_evaluation_name(name: str) -> str:
+  """``name`` in its canonical spelling: ``'aa_standard'`` -> ``'aa-standard'``.
+
+  Raises:
+    ConfigError: unknown name; the message lists every valid name.
+  """
+  key = str(name).strip().lower()
+  if key.startswith("aa_"):
+    key = "aa-" + key[3:]
+  if key in DEFAULT_SUITE or key in AA_NAMES:
+    return key
+  raise ConfigError(f"unknown evaluation {name!r}; choose from {evaluation_names()} "
+                    f"(AutoAttack also as aa_standard, ...)")
 
 
 def evaluate_names(trained, test: ArrayDataset, names, eps, norm, *, batch_size, mesh,
                    seed=0, aa_attacks=(), aa_state=None, save_adv=None, verbose=False) -> dict:
   """Accuracy of ``trained`` on ``test`` for each evaluation name.
 
+  Args:
+    trained: a restored model (``jaxrobust.evaluate.restore.TrainedModel``);
+      a stochastic one gets a fresh key in every forward pass.
+    test: the examples.
+    names: evaluation names (:func:`evaluation_names`; ``aa_standard`` is
+      accepted for ``aa-standard``).
+    eps: budget in pixel units; None: 8/255 (L-inf) or 0.5 (L2).
+    norm: ``'linf'`` or ``'l2'``.
+    batch_size, mesh, seed: as :func:`jaxrobust.evaluate.evaluate_model`.
+    aa_attacks: the cascade of ``aa-custom`` (registered names or their
+      hyphen spellings, e.g. ``apgd-ce,square``).
+    aa_state: AutoAttack resume directory.
+    save_adv: ``.npz`` path for the AutoAttack adversarial examples.
+    verbose: print a table.
+
   Returns:
     ``{'accuracy': {name: acc}, 'seconds': {name: s}, 'attacks': {name: cfg}}``
     plus ``'autoattack'`` (per-attack cumulative robust accuracy, times,
     warnings) when an ``aa-*`` name is requested.
+
+  Raises:
+    ConfigError: an unknown name (checked before anything runs), more than
+      one AutoAttack version, or invalid settings.
   """
   out = {"accuracy": {}, "seconds": {}, "attacks": {}}
+  names = [canonical_evaluation_name(n) for n in names]
   suite = [n for n in names if n not in AA_NAMES]
   aa = [n for n in names if n in AA_NAMES]
   if len(aa) > 1:

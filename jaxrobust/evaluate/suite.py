@@ -9,7 +9,10 @@
   uniform start (``ZFancy/IAD:basic_eval.py``).
 
 ``--eps`` rescales every budget and step proportionally (for L2, the steps are
-eps/4 and the TRADES protocol uses eps and step eps * 0.003 / 0.031).
+eps/4 and the TRADES protocol uses eps and step eps * 0.003 / 0.031). The
+evaluation CLI passes the run's own ``config.eps`` / ``config.norm`` when its
+config has them and no flag overrides them. Each entry is an attack config of
+the attack registry (:func:`jaxrobust.attacks.attack_from_config`).
 """
 from __future__ import annotations
 
@@ -31,6 +34,8 @@ def suite_attacks(names, eps: float | None = None, norm: str = "linf") -> dict:
   """
   if norm not in ("linf", "l2"):
     raise ConfigError(f"unknown norm {norm!r}; use 'linf' or 'l2'")
+  if eps is not None and not eps > 0:
+    raise ConfigError(f"eps must be > 0 (pixel units), got {eps}")
   if eps is None:
     eps = 8 / 255 if norm == "linf" else 0.5
   trades_eps = 0.031 if (norm == "linf" and abs(eps - 8 / 255) < 1e-9) else eps
@@ -50,5 +55,6 @@ def suite_attacks(names, eps: float | None = None, norm: str = "linf") -> dict:
       out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=30, norm=norm,
                        loss="cw", kappa=50.0, random_start="uniform")
     else:
-      raise ConfigError(f"unknown evaluation {name!r}; choose from {DEFAULT_SUITE}")
+      raise ConfigError(f"unknown evaluation {name!r}; choose from {DEFAULT_SUITE} (or an "
+                        f"AutoAttack version: aa-standard, aa-plus, aa-rand, aa-custom)")
   return out

@@ -25,6 +25,11 @@ import jax.numpy as jnp
 REDUCTIONS = ("batchmean", "mean", "sum", "none")
 
 
+def log_probs(logits: jax.Array) -> jax.Array:
+  """``log_softmax`` over the last axis, computed in float32 (the one place it is written)."""
+  return jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+
+
 def reduce_elementwise(elementwise: jax.Array, reduction: str) -> jax.Array:
   """Reduces an element-wise ``[B, C]`` loss as ``torch.nn.KLDivLoss`` does.
 
@@ -88,8 +93,8 @@ def kl_divergence(p: jax.Array, q: jax.Array, *, reduction: str = "batchmean",
     raise ValueError(f"unknown reduction {reduction!r}; use one of {REDUCTIONS}")
   p = p.astype(jnp.float32)
   q = q.astype(jnp.float32)
-  log_p = jax.nn.log_softmax(p, axis=-1) if from_logits else p
-  log_q = jax.nn.log_softmax(q, axis=-1) if from_logits else q
+  log_p = log_probs(p) if from_logits else p
+  log_q = log_probs(q) if from_logits else q
   prob_p = jnp.exp(log_p)
   if p_eps:
     log_p = jnp.log(prob_p + p_eps)
@@ -107,7 +112,7 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
     labels: int ``[B]``.
     reduction: ``'mean'`` (scalar) or ``'none'`` (float32 ``[B]``).
   """
-  logp = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  logp = log_probs(logits)
   per = -jnp.take_along_axis(logp, labels[:, None].astype(jnp.int32), axis=-1)[:, 0]
   if reduction == "none":
     return per

@@ -31,6 +31,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrobust.attacks import stochastic
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelFns:
@@ -50,14 +52,27 @@ class ModelFns:
     return logits, nnx.state(model, nnx.BatchStat)
 
   def logits_fn(self, params, batch_stats, *, bn: str = "eval") -> Callable:
-    """``x -> logits`` for attacks.
+    """The model as attacks call it (:mod:`jaxrobust.attacks`).
+
+    Deterministic model: ``x -> logits``. Stochastic model (one whose NNX
+    module has ``stochastic = True``): ``(x, key) -> logits`` wrapped in
+    :class:`jaxrobust.attacks.StochasticLogitsFn`, so that every attack passes
+    a fresh key to each forward pass (:func:`jaxrobust.attacks.call_logits`).
 
     ``bn='eval'`` uses running averages; ``bn='train'`` normalises with the
     attacked batch's own statistics. Neither updates the running averages.
+    ``x`` float32 ``[B, H, W, C]`` in [0, 1]; logits float32 ``[B, K]``.
+
+    Raises:
+      ValueError: unknown ``bn``.
     """
     if bn not in ("eval", "train"):
       raise ValueError(f"unknown BatchNorm mode {bn!r}; use 'eval' or 'train'")
     train = bn == "train"
+    model = nnx.merge(self.graphdef, params, batch_stats, copy=True)
+    if getattr(model, "stochastic", False):
+      return stochastic(lambda x, key: self.apply(params, batch_stats, x, train=train,
+                                                  key=key)[0])
     return lambda x: self.apply(params, batch_stats, x, train=train)[0]
 
   def bn_momentum(self, params, batch_stats) -> float | None:

@@ -78,7 +78,7 @@ class BuildContext:
     return self.teachers[i] if len(self.teachers) > i else None
 
   def attack(self, settings: Mapping[str, Any], names=("pgd",), kl: bool = False,
-             builders: Mapping[str, Callable] | None = None) -> Callable:
+             kl_attacks: tuple[str, ...] = ()) -> Callable:
     """The training attack ``attack(logits_fn, rng, x, y, **extra) -> x_adv``.
 
     Args:
@@ -87,30 +87,27 @@ class BuildContext:
         (:func:`jaxrobust.train.resolve_config`).
       names: attack names this method accepts.
       kl: the method maximises a KL divergence in its inner max (needs
-        ``loss='kl'``; not checked for the names in ``builders``).
-      builders: extra ``name -> builder(attack_cfg) -> attack`` for attacks
-        outside :func:`jaxrobust.attacks.attack_from_config` (e.g. TRADES's
-        ``trades_l2``).
+        ``loss='kl'``, except for the names in ``kl_attacks``).
+      kl_attacks: registered attacks (also accepted) whose objective is a KL
+        divergence by construction (TRADES's ``trades_l2``).
 
     Raises:
       ConfigError: an attack this method does not run, a non-KL inner max for
         a KL method, unset ``eps``, or invalid attack settings.
     """
     cfg = {k: v for k, v in dict(settings.get("attack") or {}).items() if v is not None}
-    name, builders = cfg.get("name"), dict(builders or {})
+    name = cfg.get("name")
     if "eps" not in cfg:
       raise ConfigError(f"config.method.attack.eps is unset for method {self.method!r}: set "
                         f"config.eps (filled in by jaxrobust.train.resolve_config) or the "
                         f"attack's own eps")
-    if name in builders:
-      return builders[name](cfg)
-    if kl and cfg.get("loss", "ce") != "kl":
+    if kl and name not in kl_attacks and cfg.get("loss", "ce") != "kl":
       raise ConfigError(f"method {self.method!r} maximises a KL divergence in its inner max: "
                         f"set config.method.attack.loss='kl' (got {cfg.get('loss', 'ce')!r}); "
                         f"the official settings are in the configs/cifar10_*.py of the method")
-    if name not in names:
+    if name not in tuple(names) + tuple(kl_attacks):
       raise ConfigError(f"method {self.method!r} needs config.method.attack.name in "
-                        f"{tuple(names) + tuple(builders)}, got {name!r}")
+                        f"{tuple(names) + tuple(kl_attacks)}, got {name!r}")
     return attack_from_config(cfg)
 
 

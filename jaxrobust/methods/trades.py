@@ -10,7 +10,8 @@ Per step, as ``yaodongyu/TRADES:trades.py`` (METHODS 2.2):
   ``attack=dict(name='pgd', loss='kl', random_start='normal', eps=0.031,
   step_size=0.007, num_steps=10)``, run by :func:`jaxrobust.attacks.pgd`.
   L2: ``attack=dict(name='trades_l2', eps, step_size, num_steps)`` runs
-  :func:`trades_l2_inner_max`, the official SGD-on-delta routine.
+  :func:`jaxrobust.attacks.trades_l2_inner_max`, the official SGD-on-delta
+  routine.
 * Outer (``loss``): :func:`jaxrobust.losses.trades_loss` on train-mode
   logits, ``CE(f(x), y) + beta * KL_batchmean(p(x) || p(x'))`` with the
   clean distribution NOT detached, beta = 6.
@@ -37,72 +38,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-import jax
-import jax.numpy as jnp
 
-from jaxrobust.attacks import default_unroll
-from jaxrobust.losses import REDUCTIONS, kl_divergence, trades_loss
-from jaxrobust.errors import ConfigError
+from jaxrobust.attacks import trades_l2_inner_max  # noqa: F401  (re-exported)
+from jaxrobust.losses import REDUCTIONS, trades_loss
 from jaxrobust.methods.base import (accuracy_sum, attack_in_view, replay_bn_updates,
                                     train_passes)
 from jaxrobust.methods.registry import (BN_UPDATES, BN_VIEWS, choice, positive,
                                         register_method)
-
-
-def _l2(v):
-  return jnp.sqrt(jnp.sum(jnp.square(v), axis=tuple(range(1, v.ndim)), keepdims=True))
-
-
-def trades_l2_inner_max(logits_fn: Callable, rng: jax.Array, x: jax.Array,
-                        y: jax.Array | None = None, *, eps: float, step_size: float,
-                        num_steps: int, ref_logits: jax.Array | None = None,
-                        unroll: int | None = None) -> jax.Array:
-  """TRADES's L2 inner maximisation (``distance='l_2'`` in ``trades.py``).
-
-  ``delta0 = 0.001 N(0, 1)``; each step: ``g = grad_delta sum_i KL(p(x_i) ||
-  p(x_i + delta_i))``, ``g_i <- g_i / ||g_i||_2`` (an un-normalised N(0, 1)
-  draw where ``||g_i|| = 0``, as the official code), ``delta <- delta +
-  step_size * g`` (SGD on ``-KL``; official ``lr = 2 eps / num_steps``), then
-  ``delta <- clip(x + delta, 0, 1) - x`` and ``delta_i <- delta_i * eps /
-  (||delta_i|| + 1e-7)`` where ``||delta_i|| > eps`` (``torch.renorm_``).
-  Result ``clip(x + delta, 0, 1)``. Unlike :func:`jaxrobust.attacks.pgd`
-  (norm ``'l2'``) the clip comes before the renorm and the start is not
-  projected.
-
-  Args:
-    logits_fn: pure ``x -> logits`` (the eval view for TRADES).
-    rng: PRNG key (start, zero-gradient replacements).
-    x: float32 ``[B, H, W, C]`` in [0, 1].
-    y: ignored (KL objective).
-    eps: L2 radius (pixel units).
-    step_size: SGD learning rate on delta.
-    num_steps: >= 1.
-    ref_logits: the KL reference; default ``logits_fn(x)`` (constant).
-    unroll: loop unroll (None: :func:`jaxrobust.attacks.default_unroll`).
-
-  Returns:
-    float32 ``x_adv``, ``stop_gradient``-ed.
-  """
-  del y
-  x = jax.lax.stop_gradient(x.astype(jnp.float32))
-  ref = jax.lax.stop_gradient(logits_fn(x) if ref_logits is None else ref_logits)
-  k0, kloop = jax.random.split(rng)
-  delta = 0.001 * jax.random.normal(k0, x.shape, x.dtype)
-  grad_fn = jax.grad(lambda d: kl_divergence(ref, logits_fn(x + d), reduction="sum"))
-
-  def step(i, delta):
-    g = grad_fn(delta)
-    n = _l2(g)
-    noise = jax.random.normal(jax.random.fold_in(kloop, i), x.shape, x.dtype)
-    g = jnp.where(n == 0, noise, g / jnp.where(n == 0, 1.0, n))
-    delta = delta + step_size * g
-    delta = jnp.clip(x + delta, 0.0, 1.0) - x
-    dn = _l2(delta)
-    return jnp.where(dn > eps, delta * (eps / (dn + 1e-7)), delta)
-
-  unroll = default_unroll(num_steps) if unroll is None else unroll
-  delta = jax.lax.fori_loop(0, num_steps, step, delta, unroll=unroll)
-  return jax.lax.stop_gradient(jnp.clip(x + delta, 0.0, 1.0))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -156,28 +98,8 @@ class TRADES:
                            "adv_accuracy": accuracy_sum(logits["adv"], y)})
 
 
-def trades_l2_attack(cfg) -> Callable:
-  """``dict(name='trades_l2', eps, step_size, num_steps)`` -> the TRADES L2 inner max.
-
-  Raises:
-    ConfigError: other keys, or eps / step_size <= 0 or num_steps < 1.
-  """
-  keys = set(cfg) - {"name"}
-  if keys != {"eps", "step_size", "num_steps"}:
-    raise ConfigError(f"attack 'trades_l2' takes exactly eps, step_size, num_steps; got "
-                      f"{sorted(keys)}")
-  if not (cfg["eps"] > 0 and cfg["step_size"] > 0 and int(cfg["num_steps"]) >= 1):
-    raise ConfigError("attack 'trades_l2': eps, step_size > 0 and num_steps >= 1 needed")
-  eps, step, n = cfg["eps"], cfg["step_size"], int(cfg["num_steps"])
-
-  def attack(logits_fn, rng, x, y, **extra):
-    return trades_l2_inner_max(logits_fn, rng, x, y, eps=eps, step_size=step, num_steps=n,
-                               **extra)
-  return attack
-
-
 # TRADES's inner max: L-inf PGD on the KL (or the L2 routine ``trades_l2``).
-TRADES_ATTACKS = dict(names=("pgd", "fgsm"), kl=True, builders={"trades_l2": trades_l2_attack})
+TRADES_ATTACKS = dict(names=("pgd", "fgsm"), kl=True, kl_attacks=("trades_l2",))
 # Official settings (``yaodongyu/TRADES:train_trades_cifar10.py``): 10 x 0.007 on the summed
 # KL from x + 0.001 N(0, 1), eval-mode BN, beta 6, batchmean KL; eps 0.031: config.eps.
 TRADES_SETTINGS = dict(beta=6.0, kl_reduction="batchmean", attack_bn="eval",

@@ -28,6 +28,7 @@ from jaxrobust.errors import ConfigError
 from jaxrobust.models.layers import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD,
                                      Normalize)
 from jaxrobust.models.mobilenet import CIFAR_CFG, MobileNetV2
+from jaxrobust.models.noisy import NOISY_MODELS
 from jaxrobust.models.resnet import PreActResNet, ResNet
 from jaxrobust.models.small_cnn import SimpleCNN, SmallCNN
 from jaxrobust.models.wide_resnet import WideResNet
@@ -54,6 +55,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
     "small_cnn_tiny": functools.partial(SmallCNN, channels=(4, 4, 8, 8), hidden=16),
     "simple_cnn": SimpleCNN,
     "simple_cnn_tiny": functools.partial(SimpleCNN, widths=(8, 16), convs_per_stage=1),
+    **NOISY_MODELS,  # stochastic: Gaussian input noise in every forward pass
 }
 
 NORMALIZATIONS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "mnist": (MNIST_MEAN, MNIST_STD),

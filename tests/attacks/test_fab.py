@@ -427,7 +427,7 @@ def test_fab_registry_and_bad_arguments():
 
 def test_sort_free_linf_projection_equals_the_sort_based_reference():
   """The bisection form gives the reference's (sort-based) L-inf projection."""
-  from jaxrobust.attacks._fab import _projection_linf, _projection_linf_sorted
+  from jaxrobust.attacks._fab_projections import _projection_linf, _projection_linf_sorted
   gen = np.random.default_rng(7)
   t = gen.uniform(size=(64, 50)).astype(np.float32)
   w = gen.normal(size=(64, 50)).astype(np.float32)

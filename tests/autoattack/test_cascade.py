@@ -10,26 +10,37 @@ from jaxrobust.evaluate import autoattack as aa
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 
 
-def _fake_attacks(monkeypatch, shifts):
-  """Attack i adds shifts[i] to every pixel (clipped): a recognisable signature."""
+def _fake_attacks(shifts):
+  """Registers attack i, adding shifts[i] to every pixel (clipped): a recognisable signature.
+
+  Returns the names and a function that unregisters them.
+  """
+  from jaxrobust.attacks import AttackSpec, AutoAttackHook, register_attack, unregister_attack
   names = tuple(f"fake{i}" for i in range(len(shifts)))
-  monkeypatch.setattr(aa, "ATTACK_NAMES", aa.ATTACK_NAMES + names)
-  monkeypatch.setattr(aa, "_sub_runs", lambda name, s: 1)
-  monkeypatch.setattr(aa, "_attack_fn", lambda name, s: (
-      lambda logits_fn, key, x, y, sub: jnp.clip(x + shifts[names.index(name)], 0, 1)))
-  return names
+  for name, shift in zip(names, shifts):
+    register_attack(AttackSpec(
+        name, lambda logits_fn, key, x, y, eps, norm, shift=shift: jnp.clip(x + shift, 0, 1),
+        settings=("eps", "norm"), autoattack=AutoAttackHook()))
+
+  def cleanup():
+    for name in names:
+      unregister_attack(name)
+  return names, cleanup
 
 
-def test_cascade_attacks_only_still_robust_points(monkeypatch):
+def test_cascade_attacks_only_still_robust_points():
   # 1-D "images": the model predicts class 1 iff mean pixel > 0.5.
   logits_fn = lambda x: jnp.stack([0.5 - x.mean((1, 2, 3)), x.mean((1, 2, 3)) - 0.5], -1)
   x = np.array([0.1, 0.45, 0.35, 0.2, 0.9, 0.3], np.float32)[:, None, None, None] * np.ones(
       (1, 2, 2, 1), np.float32)
   y = np.array([0, 0, 0, 0, 0, 1])
   # clean: point 4 misclassified (0.9 -> class 1), point 5 misclassified (0.3 -> class 0).
-  names = _fake_attacks(monkeypatch, [0.1, 0.25])
-  s = AutoAttackSettings.for_version(0.3, "linf", "custom", attacks=names)
-  res = run_autoattack(logits_fn, x, y, s, batch_size=4, progress=False)
+  names, cleanup = _fake_attacks([0.1, 0.25])
+  try:
+    s = AutoAttackSettings.for_version(0.3, "linf", "custom", attacks=names)
+    res = run_autoattack(logits_fn, x, y, s, batch_size=4, progress=False)
+  finally:
+    cleanup()
   assert res.clean_accuracy == pytest.approx(4 / 6)
   # fake0 (+0.1) breaks point 1 (0.45 -> 0.55); fake1 (+0.25) then breaks 2 (0.35 -> 0.6).
   assert res.robust_accuracy == pytest.approx({"clean": 4 / 6, "fake0": 3 / 6, "fake1": 2 / 6})
@@ -97,7 +108,7 @@ def test_resume_from_state_equals_uninterrupted(tmp_path, data_dir, monkeypatch)
 
   def crash_on_second_target(name, st):
     fn = real(name, st)
-    if name != "apgd-t":
+    if name != "apgd_t":
       return fn
 
     def wrapped(logits_fn_, key, xb, yb, sub):
@@ -113,7 +124,7 @@ def test_resume_from_state_equals_uninterrupted(tmp_path, data_dir, monkeypatch)
   monkeypatch.setattr(aa, "_attack_fn", real)
   import json
   done = json.loads((tmp_path / "aa_state.json").read_text())["done"]
-  assert done == ["apgd-ce:0", "apgd-t:0"]
+  assert done == ["apgd_ce:0", "apgd_t:0"]
   resumed = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False,
                            state_dir=str(tmp_path))
   np.testing.assert_array_equal(resumed.robust, full.robust)
@@ -138,14 +149,14 @@ def test_sharded_over_eight_devices_equals_one(data_dir):
 
 def test_settings_and_checks():
   s = AutoAttackSettings.for_version(8 / 255)
-  assert s.attacks == ("apgd-ce", "apgd-t", "fab-t", "square")
+  assert s.attacks == ("apgd_ce", "apgd_t", "fab_t", "square")
   assert (s.apgd_restarts, s.apgd_t_targets, s.fab_t_targets, s.square_queries) == (1, 9, 9, 5000)
   plus = AutoAttackSettings.for_version(8 / 255, version="plus")
-  assert plus.attacks == ("apgd-ce", "apgd-dlr", "fab", "square", "apgd-t", "fab-t")
+  assert plus.attacks == ("apgd_ce", "apgd_dlr", "fab", "square", "apgd_t", "fab_t")
   assert (plus.apgd_restarts, plus.fab_restarts, plus.square_restarts) == (5, 5, 5)
   p = AutoAttackSettings.for_version(8 / 255, version="custom",
                                      attacks=("apgd-ce", "apgd-dlr", "square"), apgd_restarts=5)
-  assert p.attacks[:2] == ("apgd-ce", "apgd-dlr") and p.apgd_restarts == 5
+  assert p.attacks[:2] == ("apgd_ce", "apgd_dlr") and p.apgd_restarts == 5
   assert AutoAttackSettings.for_version(8 / 255, version="rand").eot_iter == 20
   with pytest.raises(ConfigError, match="unknown AutoAttack version"):
     AutoAttackSettings.for_version(8 / 255, version="fast")
