@@ -209,6 +209,10 @@ class Checkpointer:
       CheckpointError: a checkpoint of another model/config.
     """
     mgr = self._latest if which == "latest" else self._best
+    if step is not None and step not in mgr.all_steps():
+      raise CheckpointError(
+          f"no checkpoint {os.path.join(self.directory, which, str(step))}; the saved {which} "
+          f"steps are {sorted(mgr.all_steps())}")
     if not fallback or step is not None:
       step = mgr.latest_step() if step is None else step
       return None if step is None else self._restore_step(mgr, which, step, target,
