@@ -100,6 +100,13 @@ def _abstract(tree):
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _brief(e: Exception, limit: int = 200) -> str:
+  """``'Type: first line of the message'``, at most ``limit`` characters."""
+  lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+  text = lines[0] if lines else ""
+  return f"{type(e).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
+
+
 def _some(names, k: int = 3) -> str:
   return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
 
@@ -255,21 +262,24 @@ class Checkpointer:
       meta = mgr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     except Exception as e:  # pylint: disable=broad-except
       raise DamagedCheckpointError(
-          where, f"it is unreadable or corrupt ({type(e).__name__}: {str(e)[:300]})") from e
+          where, f"it is unreadable or corrupt ({_brief(e)})") from e
     for k, v in (expect_meta or {}).items():
       if meta.get(k) != v:
         raise CheckpointError(
             f"checkpoint {where} does not match this run: {k} is {meta.get(k)!r} there "
             f"but {v!r} here; use the original config or a fresh --workdir")
     frozen = getattr(target, "frozen", None)
+    problem = None
     try:
       restored = mgr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(_abstract(_drop_frozen(target)))))
     except Exception as e:  # pylint: disable=broad-except
-      raise DamagedCheckpointError(
-          where, f"it could not be restored into this model ({type(e).__name__}: "
-          f"{str(e)[:300]}): it is corrupt or from a different model/config",
-          "move it away, or use a fresh --workdir") from e
+      problem = (f"it could not be restored into this model ({_brief(e)}): it is corrupt or "
+                 f"from a different model/config")
+      log.debug("restoring %s failed", where, exc_info=True)
+    if problem is not None:  # outside the except block: the failed read is released here.
+      _collect_failed_reads()
+      raise DamagedCheckpointError(where, problem, "move it away, or use a fresh --workdir")
     state = restored["state"]
     _verify(where, state, meta.pop(INTEGRITY_KEY, None))
     return _rebuild(target, state, frozen), meta
@@ -277,6 +287,32 @@ class Checkpointer:
   def close(self) -> None:
     self._latest.close()
     self._best.close()
+
+
+def _collect_failed_reads() -> None:
+  """Keeps the reads of a failed Orbax restore from printing tracebacks.
+
+  When one array read fails, Orbax leaves its sibling read coroutines
+  un-awaited; Python prints each one's traceback ("Exception ignored in ...")
+  whenever they are collected, possibly at exit, burying the one-line error.
+  From the first failed restore on, reports about Orbax coroutines are
+  dropped (the failure itself is raised as a CheckpointError).
+  """
+  import gc  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  previous = sys.unraisablehook
+  if getattr(previous, "_jaxrobust_orbax_filter", False):
+    gc.collect()
+    return
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is None or "orbax" not in code.co_filename:
+      previous(unraisable)
+
+  hook._jaxrobust_orbax_filter = True  # pylint: disable=protected-access
+  sys.unraisablehook = hook
+  gc.collect()
 
 
 def _verify(where: str, state, integrity: dict | None) -> None:

@@ -134,12 +134,12 @@ def run_main(main, argv=None, schema=None) -> None:
     try:
       return main(args)
     except JaxRobustError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
+      print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
       sys.exit(2)
     except OSError as e:  # a file the user named cannot be read or written (disk, rights).
       what = f"{e.filename}: " if e.filename else ""
-      print(f"error: {what}{e.strerror or e} ({type(e).__name__}); check the path, its "
-            f"permissions and the free disk space", file=sys.stderr, flush=True)
+      print(f"error: {what}{one_line(str(e.strerror or e))} ({type(e).__name__}); check the "
+            f"path, its permissions and the free disk space", file=sys.stderr, flush=True)
       sys.exit(2)
 
   def parse(argv_):
@@ -151,13 +151,13 @@ def run_main(main, argv=None, schema=None) -> None:
       if "Traceback" in msg:  # config-file errors embed the loader's traceback.
         lines = [ln for ln in msg.splitlines() if ln.strip()]
         msg = f"{lines[0]} {lines[-1].split('Error: ', 1)[-1]}"
-      print(f"error: {msg} (--helpshort lists the flags)", file=sys.stderr)
+      print(f"error: {one_line(msg)} (--helpshort lists the flags)", file=sys.stderr)
       sys.exit(2)
     except JaxRobustError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print(f"error: {one_line(str(e))}", file=sys.stderr)
       sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-      print(f"error: {bad_override_message(argv_, e, schema)}", file=sys.stderr)
+      print(f"error: {one_line(bad_override_message(argv_, e, schema))}", file=sys.stderr)
       sys.exit(2)
     except OSError as e:  # a missing --config file, surfacing through an override.
       lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
@@ -165,12 +165,17 @@ def run_main(main, argv=None, schema=None) -> None:
             f"existing file", file=sys.stderr)
       sys.exit(2)
     except Exception as e:  # pylint: disable=broad-except  # the config file's own code failed.
-      print(f"error: the --config file failed to load ({_origin(e)}{type(e).__name__}: {e}); "
-            f"fix the file or use another config", file=sys.stderr)
+      print(f"error: the --config file failed to load ({_origin(e)}{type(e).__name__}: "
+            f"{one_line(str(e))}); fix the file or use another config", file=sys.stderr)
       sys.exit(2)
 
   app.run(wrapped, argv=normalize_flag_names(sys.argv if argv is None else argv),
           flags_parser=parse)
+
+
+def one_line(msg: str) -> str:
+  """``msg`` with its lines joined by spaces: an ``error:`` message is one line."""
+  return " ".join(ln.strip() for ln in msg.splitlines() if ln.strip())
 
 
 def _origin(exc) -> str:

@@ -54,8 +54,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise CheckpointError(f"{path} not found: --workdir must be a directory written by "
                           f"python -m jaxrobust.train")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise CheckpointError(f"{path} is not valid JSON ({e}); it is damaged: restore it from a "
+                          f"backup (the training run wrote it from its --config)") from e
+  if not isinstance(saved, dict):
+    raise CheckpointError(f"{path} holds a {type(saved).__name__}, not a config dict; it is "
+                          f"damaged: restore it from a backup")
   config = default_config()
   config.unlock()
   try:
