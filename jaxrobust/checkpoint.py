@@ -248,11 +248,15 @@ class Checkpointer:
     """Moves ``<which>/<step>`` to ``damaged/<which>_<step>[_k]`` (kept, not deleted)."""
     src = os.path.join(self.directory, which, str(step))
     root = os.path.join(self.directory, "damaged")
-    os.makedirs(root, exist_ok=True)
     dst, k = os.path.join(root, f"{which}_{step}"), 1
     while os.path.exists(dst):
       dst, k = os.path.join(root, f"{which}_{step}_{k}"), k + 1
-    shutil.move(src, dst)
+    if jax.process_index() == 0:  # one mover on a shared file system
+      os.makedirs(root, exist_ok=True)
+      shutil.move(src, dst)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+      multihost_utils.sync_global_devices(f"jaxrobust_quarantine_{which}_{step}")
     mgr.reload()
     return dst
 
