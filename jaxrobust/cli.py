@@ -81,16 +81,46 @@ def define_config_and_workdir(config_help: str, workdir_help: str):
 
 
 def require_config_and_workdir(argv, config_flag, workdir_flag, config_usage: str) -> None:
-  """Raises ConfigError for stray positional arguments or a missing flag."""
+  """Raises ConfigError for stray positional arguments, a missing flag, a config
+  file that could not be loaded, or a workdir that cannot be created/written."""
   from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
   if config_flag.value is None or not workdir_flag.value:
     raise ConfigError(f"both --config={config_usage} and --workdir=DIR are required")
+  load_error = getattr(config_flag.value, "_error", None)  # config_flags' _ErrorConfig
+  if load_error is not None:
+    lines = [ln.strip() for ln in str(load_error).splitlines() if ln.strip()]
+    raise ConfigError(f"could not load the --config file ({lines[-1] if lines else load_error}); "
+                      f"pass an existing file, e.g. --config={config_usage}")
+  check_workdir(workdir_flag.value)
+
+
+def check_workdir(path: str, flag: str = "--workdir") -> None:
+  """Creates directory ``path`` if needed and checks that files can be written in it.
+
+  Raises:
+    ConfigError: it cannot be created (bad parent, read-only or special file
+      system such as /proc) or is not a writable directory.
+  """
+  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  fix = "choose a directory you can write to"
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise ConfigError(f"{flag} {path} cannot be created ({type(e).__name__}: "
+                      f"{e.strerror or e}); {fix}") from e
+  import tempfile  # pylint: disable=g-import-not-at-top
+  try:
+    with tempfile.NamedTemporaryFile(dir=path, prefix=".jaxrobust_write_test_"):
+      pass
+  except OSError as e:
+    raise ConfigError(f"{flag} {path} is not writable ({type(e).__name__}: "
+                      f"{e.strerror or e}); {fix}") from e
 
 
 def run_main(main, argv=None, schema=None) -> None:
-  """Runs ``main`` under absl; JaxRobustError -> one ``error:`` line, exit 2.
+  """Runs ``main`` under absl; JaxRobustError or OSError -> one ``error:`` line, exit 2.
 
   ``schema`` returns the config schema used to name a bad ``--config.*``
   override (default: the training config).
@@ -104,7 +134,12 @@ def run_main(main, argv=None, schema=None) -> None:
     try:
       return main(args)
     except JaxRobustError as e:
-      print(f"error: {e}", file=sys.stderr, flush=True)
+      print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
+      sys.exit(2)
+    except OSError as e:  # a file the user named cannot be read or written (disk, rights).
+      what = f"{e.filename}: " if e.filename else ""
+      print(f"error: {what}{one_line(str(e.strerror or e))} ({type(e).__name__}); check the "
+            f"path, its permissions and the free disk space", file=sys.stderr, flush=True)
       sys.exit(2)
 
   def parse(argv_):
@@ -116,17 +151,40 @@ def run_main(main, argv=None, schema=None) -> None:
       if "Traceback" in msg:  # config-file errors embed the loader's traceback.
         lines = [ln for ln in msg.splitlines() if ln.strip()]
         msg = f"{lines[0]} {lines[-1].split('Error: ', 1)[-1]}"
-      print(f"error: {msg}\nPass --helpshort to list the flags.", file=sys.stderr)
+      print(f"error: {one_line(msg)} (--helpshort lists the flags)", file=sys.stderr)
       sys.exit(2)
     except JaxRobustError as e:
-      print(f"error: {e}", file=sys.stderr)
+      print(f"error: {one_line(str(e))}", file=sys.stderr)
       sys.exit(2)
     except (AttributeError, KeyError, TypeError, ValueError) as e:
-      print(f"error: {bad_override_message(argv_, e, schema)}", file=sys.stderr)
+      print(f"error: {one_line(bad_override_message(argv_, e, schema))}", file=sys.stderr)
+      sys.exit(2)
+    except OSError as e:  # a missing --config file, surfacing through an override.
+      lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+      print(f"error: could not load the --config file ({lines[-1] if lines else e}); pass an "
+            f"existing file", file=sys.stderr)
+      sys.exit(2)
+    except Exception as e:  # pylint: disable=broad-except  # the config file's own code failed.
+      print(f"error: the --config file failed to load ({_origin(e)}{type(e).__name__}: "
+            f"{one_line(str(e))}); fix the file or use another config", file=sys.stderr)
       sys.exit(2)
 
   app.run(wrapped, argv=normalize_flag_names(sys.argv if argv is None else argv),
           flags_parser=parse)
+
+
+def one_line(msg: str) -> str:
+  """``msg`` with its lines joined by spaces: an ``error:`` message is one line."""
+  return " ".join(ln.strip() for ln in msg.splitlines() if ln.strip())
+
+
+def _origin(exc) -> str:
+  """``'file:line: '`` where ``exc`` was raised (a SyntaxError's own location)."""
+  if isinstance(exc, SyntaxError) and exc.filename:
+    return f"{exc.filename}:{exc.lineno}: "
+  import traceback  # pylint: disable=g-import-not-at-top
+  frames = traceback.extract_tb(exc.__traceback__)
+  return f"{frames[-1].filename}:{frames[-1].lineno}: " if frames else ""
 
 
 def normalize_flag_names(argv):

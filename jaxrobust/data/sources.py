@@ -25,6 +25,7 @@ import zlib
 import numpy as np
 
 from jaxrobust.data.info import DATASETS, NUM_CLASSES  # pylint: disable=unused-import
+from jaxrobust.data.validate import validate_arrays
 from jaxrobust.errors import DataError
 
 ENV_DATA_DIR = "JAXROBUST_DATA_DIR"
@@ -88,6 +89,8 @@ def load_numpy(name: str, split: str, data_dir: str | os.PathLike | None = None
   Raises:
     DataError: when the file is absent or lacks ``images``/``labels``; the
       message names the expected path and how to point at another folder.
+      Also when the arrays do not fit the dataset (image dtype/shape/channels,
+      label dtype/range; see :func:`jaxrobust.data.validate.validate_arrays`).
   """
   # Bundled sets, and sets registered with jaxrobust.data.register_dataset (not TFDS names).
   if name not in NUMPY_DATASETS and (name in TFDS_DATASETS or name not in DATASETS):
@@ -105,12 +108,13 @@ def load_numpy(name: str, split: str, data_dir: str | os.PathLike | None = None
   try:
     with np.load(path) as f:
       images = np.asarray(f["images"])
-      labels = np.asarray(f["labels"]).astype(np.int32)
+      labels = np.asarray(f["labels"])
       exact = np.asarray(f["exact"]).astype(bool) if "exact" in f else np.ones(
           len(labels), bool)
   except (KeyError, ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:
     raise DataError(f"{path} is not a valid dataset archive with 'images' and "
                     f"'labels' arrays ({e}); restore the file") from e
+  images, labels = validate_arrays(name, images, labels, str(path), exact)
   return ArrayDataset(images, labels, exact, name)
 
 
@@ -136,6 +140,7 @@ def load_tfds(name: str, split: str, data_dir: str | os.PathLike | None = None
         f"machine without internet use config.data.source='numpy' with the "
         f"bundled .npz files, or prepare the dataset with `tfds build {name} "
         f"--file_format=array_record` where it can be downloaded") from e
+  images, labels = validate_arrays(name, images, labels, f"TFDS {name}:{split}")
   return ArrayDataset(images, labels, np.ones(len(labels), bool), name)
 
 

@@ -54,6 +54,55 @@ _CURVE_ATTACKS = flags.DEFINE_list("curve_attacks", ["pgd20", "aa-standard"],
                                    "Attacks of the eps curve.")
 
 
+def _check_names(names, flag: str) -> list[str]:
+  """The canonical spelling of each evaluation name; refuses unknown ones, listing all."""
+  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluate.report import canonical_evaluation_name  # pylint: disable=g-import-not-at-top
+  if not names:
+    raise ConfigError(f"--{flag} is empty; name at least one evaluation, e.g. --{flag}=clean")
+  out = []
+  for name in names:
+    try:
+      out.append(canonical_evaluation_name(name))
+    except ConfigError as e:
+      raise ConfigError(f"--{flag}: {e}") from e
+  return out
+
+
+def _check_flags(workdir: str, which: str) -> list[float]:
+  """Checks the flags before anything is loaded; returns the curve's eps (pixel units).
+
+  Raises:
+    ConfigError: a value out of range, an unknown evaluation name, or a report
+      path that cannot be written (found now, not after the evaluation).
+  """
+  import os  # pylint: disable=g-import-not-at-top
+  from jaxrobust.cli import check_workdir  # pylint: disable=g-import-not-at-top
+  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
+  if _N.value < 1:
+    raise ConfigError(f"--n_examples must be >= 1 (the first n test images), got {_N.value}")
+  if _BATCH.value < 0:
+    raise ConfigError(f"--batch_size must be >= 1, or 0 for config.eval.batch_size; got "
+                      f"{_BATCH.value}")
+  if _EPS.value is not None and not 0 < _EPS.value <= (1.0 if _NORM.value == "linf" else 1e9):
+    raise ConfigError(f"--eps must be > 0 in pixel units (L-inf at most 1, e.g. 0.03137 for "
+                      f"8/255), got {_EPS.value}")
+  _check_names(_ATTACKS.value, "attacks")
+  curve = []
+  for e in _CURVE_EPS.value:
+    try:
+      curve.append(float(e) / 255)
+    except ValueError as err:
+      raise ConfigError(f"--curve_eps takes numbers in 1/255 units, e.g. 0,2,4,8; got {e!r}"
+                        ) from err
+  if curve:
+    _check_names(_CURVE_ATTACKS.value, "curve_attacks")
+  if os.path.isfile(os.path.join(workdir, "config.json")):  # else load_trained says why.
+    out = _OUT.value or os.path.join(workdir, f"eval_{which}.json")
+    check_workdir(os.path.dirname(os.path.abspath(out)), "the --out report's directory")
+  return curve
+
+
 def main(argv):
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
@@ -64,7 +113,7 @@ def main(argv):
   from jaxrobust.data import load_split  # pylint: disable=g-import-not-at-top
   from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluate.evaluators import exact_subset  # pylint: disable=g-import-not-at-top
-  from jaxrobust.evaluate.report import canonical_evaluation_name, evaluate_names, plot_curve  # pylint: disable=g-import-not-at-top
+  from jaxrobust.evaluate.report import evaluate_names, plot_curve  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluate.restore import load_trained, parse_checkpoint_path  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
@@ -75,8 +124,9 @@ def main(argv):
     workdir, which, step = parse_checkpoint_path(_CHECKPOINT.value)
   if not workdir:
     raise ConfigError("pass --workdir DIR (a training workdir) or --checkpoint PATH")
-  names = [canonical_evaluation_name(n) for n in _ATTACKS.value]  # fail before restoring
-  curve_names = [canonical_evaluation_name(n) for n in _CURVE_ATTACKS.value]
+  curve_eps = _check_flags(workdir, which)  # fail before restoring
+  names = _check_names(_ATTACKS.value, "attacks")
+  curve_names = _check_names(_CURVE_ATTACKS.value, "curve_attacks") if curve_eps else []
   trained = load_trained(workdir, which, step, use_ema=_EMA.value)
   config = trained.config
   eps, norm = threat_model(config, _EPS.value, _NORM.value)
@@ -93,8 +143,7 @@ def main(argv):
   out = _OUT.value or os.path.join(workdir, f"eval_{which}.json")
   if _CURVE_EPS.value:
     curve = {}
-    for e in _CURVE_EPS.value:
-      eps = float(e) / 255
+    for e, eps in zip(_CURVE_EPS.value, curve_eps):
       if eps == 0:
         r = evaluate_names(trained, test, ["clean"], None, norm, **opts)
         curve[e] = {a: r["accuracy"]["clean"] for a in curve_names}

@@ -9,7 +9,7 @@ from typing import Any
 import ml_collections
 
 from jaxrobust import parallel
-from jaxrobust.checkpoint import Checkpointer
+from jaxrobust.checkpoint import Checkpointer, DamagedCheckpointError
 from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import CheckpointError, ConfigError
 from jaxrobust.methods import ModelFns
@@ -54,8 +54,15 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise CheckpointError(f"{path} not found: --workdir must be a directory written by "
                           f"python -m jaxrobust.train")
-  with open(path, encoding="utf-8") as f:
-    saved = json.load(f)
+  try:
+    with open(path, encoding="utf-8") as f:
+      saved = json.load(f)
+  except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+    raise CheckpointError(f"{path} is not valid JSON ({e}); it is damaged: restore it from a "
+                          f"backup (the training run wrote it from its --config)") from e
+  if not isinstance(saved, dict):
+    raise CheckpointError(f"{path} holds a {type(saved).__name__}, not a config dict; it is "
+                          f"damaged: restore it from a backup")
   config, saved = config_for_saved(saved)
   try:
     config.update_from_flattened_dict(_flatten(saved))
@@ -77,8 +84,13 @@ def load_trained(workdir: str, which: str = "best", step: int | None = None, mes
                  use_ema: bool = True) -> TrainedModel:
   """Restores the ``which`` (``'best'``/``'latest'``) checkpoint of a training run.
 
+  Its arrays are verified against the digests saved with them and for NaN/inf
+  (see :mod:`jaxrobust.checkpoint`); a damaged checkpoint is refused, never
+  replaced by another one.
+
   Raises:
-    CheckpointError: missing config/checkpoint, corrupt or mismatched files.
+    CheckpointError: missing config/checkpoint, mismatched files.
+    DamagedCheckpointError: corrupt files, changed content or NaN/inf values.
   """
   config = load_config(workdir)
   mesh = mesh or parallel.make_mesh(config.num_devices or None)
@@ -90,9 +102,18 @@ def load_trained(workdir: str, which: str = "best", step: int | None = None, mes
                                        ema=config.train.ema_decay > 0)
   state = parallel.replicate(state, mesh)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-  restored = ckpt.restore(state, which, step,
-                          expect_meta={"model": model_fingerprint(config, image_shape)})
-  ckpt.close()
+  try:  # never falls back to another checkpoint: the user asked for this one.
+    restored = ckpt.restore(state, which, step,
+                            expect_meta={"model": model_fingerprint(config, image_shape)})
+  except DamagedCheckpointError as e:
+    raise e.with_fix(
+        f"refusing to use it. Use another checkpoint of the run (evaluation: --which "
+        f"{'best' if which == 'latest' else 'latest'} or --checkpoint "
+        f"{workdir}/checkpoints/<best|latest>/<step>; teachers/fine-tuning: "
+        f"config.method.teacher_which / config.train.init_which), or delete it and rerun "
+        f"python -m jaxrobust.train in {workdir} to resume from an older intact one") from e
+  finally:
+    ckpt.close()
   if restored is None:
     raise CheckpointError(f"no {which} checkpoint in {workdir}/checkpoints; train first or "
                           f"use --which latest")

@@ -15,7 +15,7 @@ import numpy as np
 import tqdm
 
 from jaxrobust import parallel
-from jaxrobust.checkpoint import Checkpointer
+from jaxrobust.checkpoint import Checkpointer, NonFiniteStateError
 from jaxrobust.data import TrainIterator
 from jaxrobust.errors import ConfigError, NonFiniteLossError
 from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy, make_eval_step
@@ -196,7 +196,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   fingerprint = model_fingerprint(config, image_shape)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
   best_metric = -1.0
-  restored = ckpt.restore(state, "latest", expect_meta={"model": fingerprint})
+  # fallback: a damaged newest checkpoint is moved aside (logged) for an older intact one.
+  restored = ckpt.restore(state, "latest", expect_meta={"model": fingerprint}, fallback=True)
   if restored is not None:
     state, meta = restored
     it.restore(meta["data"])
@@ -215,18 +216,30 @@ def train_and_evaluate(config, workdir: str) -> dict:
       {"clean": None, "robust": dict(config.eval.val_attack)}), mesh)
   writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main)
 
+  def diverged(what, step):
+    # Every saved checkpoint is finite (Checkpointer.save refuses NaN/inf), so the
+    # newest one is a good restart point.
+    last = ckpt.latest_step()
+    if last is None:
+      where, then = f"no checkpoint was saved in {ckpt.directory}", "start again"
+    else:
+      where = f"the last good checkpoint (step {last}, finite) in {ckpt.directory} is kept"
+      then = "resume from it (or use a fresh --workdir if it diverges again)"
+    return NonFiniteLossError(
+        f"{what} became NaN/inf by step {step} and was not saved; {where}; lower "
+        f"config.train.lr or check the data, then rerun the same command to {then}")
+
   def save(step, best=False):
-    ckpt.save(step, state, {"data": it.state(), "best_metric": best_metric,
-                            "model": fingerprint, "epoch": step / steps_per_epoch}, best=best)
+    try:
+      ckpt.save(step, state, {"data": it.state(), "best_metric": best_metric,
+                              "model": fingerprint, "epoch": step / steps_per_epoch}, best=best)
+    except NonFiniteStateError as e:
+      raise diverged(f"the training state ({len(e.leaves)} arrays, e.g. {e.leaves[0]})",
+                     step) from e
 
   def check_finite(sums, step):
     if float(jax.device_get(sums["nonfinite"])) > 0:
-      last = ckpt.latest_step()
-      raise NonFiniteLossError(
-          f"the training loss became NaN/inf before step {step}; nothing after the last "
-          f"good checkpoint ({'step ' + str(last) if last is not None else 'none'}) in "
-          f"{ckpt.directory} was saved. Lower config.train.lr or check the data, then "
-          f"rerun the same command to resume from it")
+      raise diverged("the training loss", step)
 
   step = int(state.step)
   sums, t0, t0_step = None, time.time(), step

@@ -284,19 +284,20 @@ def _save(path, **arrays):
 
 
 def test_load_numpy_roundtrip(tmp_path):
-  images = _images(6, 4, 4, 3, low=0)
+  images = _images(6, 32, 32, 3, low=0)  # the dataset's real shape (validated on load)
   labels = np.array([0, 1, 2, 9, 3, 3], np.int64)
   _save(tmp_path / "cifar10_test.npz", images=images, labels=labels)
   ds = load_numpy("cifar10", "test", data_dir=tmp_path)
   np.testing.assert_array_equal(ds.images, images)
   np.testing.assert_array_equal(ds.labels, labels)
   assert ds.labels.dtype == np.int32 and ds.exact.dtype == bool and ds.exact.all()
-  assert ds.name == "cifar10" and len(ds) == 6 and ds.image_shape == (4, 4, 3)
+  assert ds.name == "cifar10" and len(ds) == 6 and ds.image_shape == (32, 32, 3)
   # load_split forwards to the same loader
   np.testing.assert_array_equal(load_split("cifar10", "test", "numpy", tmp_path).images, images)
   # an explicit ``exact`` array is kept
   exact = np.array([1, 1, 0, 0, 1, 0], bool)
-  _save(tmp_path / "mnist_train.npz", images=images[..., :1], labels=labels, exact=exact)
+  _save(tmp_path / "mnist_train.npz", images=images[:, :28, :28, :1], labels=labels,
+        exact=exact)
   ds = load_numpy("mnist", "train", data_dir=str(tmp_path))
   np.testing.assert_array_equal(ds.exact, exact)
   sub = ds.take(np.array([2, 4]))

@@ -1,7 +1,4 @@
 """Bad input gets one clear error naming the problem and the fix."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
@@ -9,7 +6,7 @@ from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.errors import ConfigError, DataError, NonFiniteLossError
 from jaxrobust.train import train_and_evaluate, validate_config
 
-from .helpers import REPO, load_config
+from .helpers import load_config
 
 
 def _smoke(**overrides):
@@ -78,27 +75,5 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_dir):
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(state.params))
 
 
-def _cli(*args):
-  return subprocess.run([sys.executable, "-m", "jaxrobust.train", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.parametrize("args,match", [
-    (["--config.train.nope=1"], "unknown config key 'train.nope'"),
-    (["--config.train.lr=abc"], "could not convert string to float"),
-    (["--config.data.data_dir=/nonexistent"], "dataset file not found: /nonexistent"),
-])
-def test_cli_prints_one_clear_error(tmp_path, args, match):
-  cfg = str(REPO / "configs" / "cifar10_pgd_at.py") + ":smoke"
-  out = _cli("--config", cfg, "--workdir", str(tmp_path), *args)
-  assert out.returncode == 2
-  assert "Traceback" not in out.stderr
-  assert match in out.stderr
-  assert out.stderr.count("error:") == 1
-
-
-def test_cli_unknown_config_argument(tmp_path):
-  out = _cli("--config", str(REPO / "configs" / "cifar10_pgd_at.py") + ":locl",
-             "--workdir", str(tmp_path))
-  assert out.returncode == 2 and "unknown config argument 'locl'" in out.stderr
-  assert "Traceback" not in out.stderr
+# The command-line cases (one `error:` line, exit 2, saved work intact) are the table in
+# tests/test_bad_inputs.py.

@@ -116,3 +116,132 @@ def test_sigkill_and_resume_equals_uninterrupted(tmp_path):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   report = json.loads((killed / "report.json").read_text())
   assert report["last"]["step"] == 12
+
+
+# --- integrity: digests, NaN/inf, fallback on resume ----------------------------------------
+
+
+def _with_kernel_scaled(state, factor):
+  """``state`` with its first conv kernel multiplied by ``factor`` (everything else equal)."""
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, a: a * factor if "convs" in jax.tree_util.keystr(p) and "kernel" in
+      jax.tree_util.keystr(p) and "[0]" in jax.tree_util.keystr(p) else a, state.params)
+  return state.replace(params=params)
+
+
+def _swap_state(ck_dir, src_step, dst_step, which="latest"):
+  """Puts ``src_step``'s arrays under ``dst_step`` (whose meta and digests stay)."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  dst = ck_dir / which / str(dst_step) / "state"
+  shutil.rmtree(dst)
+  shutil.copytree(ck_dir / which / str(src_step) / "state", dst)
+
+
+def test_digest_names_the_array_that_changed(tmp_path):
+  from jaxrobust.checkpoint import DamagedCheckpointError  # pylint: disable=g-import-not-at-top
+  state = _state()
+  ck = Checkpointer(str(tmp_path / "ck"), keep=5)
+  ck.save(1, state, {"model": "m"})
+  ck.save(2, _with_kernel_scaled(state, 1.001), {"model": "m"})  # finite, plausible
+  _swap_state(tmp_path / "ck", 2, 1)
+  with pytest.raises(DamagedCheckpointError, match=r"latest/1 is damaged: the content of 1 of "
+                     r"\d+ arrays \(\['params'\]\['convs'\]\[0\]\['kernel'\].*SHA-256"):
+    ck.restore(state, step=1)
+  restored, _ = ck.restore(state, step=2)  # the intact one still loads
+  assert (tmp_path / "ck" / "latest" / "1").exists()  # refused, not deleted
+
+
+def test_digests_do_not_depend_on_sharding(tmp_path):
+  from jaxrobust.checkpoint import array_digest, host_leaves  # pylint: disable=g-import-not-at-top
+  mesh = parallel.make_mesh(8)
+  state = _state()
+  ck = Checkpointer(str(tmp_path / "ck"))
+  ck.save(1, parallel.replicate(state, mesh), {"model": "m"})
+  meta = json.loads((tmp_path / "ck" / "latest" / "1" / "meta" / "metadata").read_text())
+  saved = meta["integrity"]["arrays"]
+  expect = {k: array_digest(np.asarray(v)) for k, v in host_leaves(
+      {f: getattr(state, f) for f in ("step", "params", "batch_stats", "opt_state",
+                                      "ema_params", "rng")})}
+  assert saved == expect
+  # A batch-sharded array's host copy is the whole array.
+  x = np.arange(8 * 3, dtype=np.float32).reshape(8, 3)
+  sharded = jax.device_put(x, parallel.data_sharding(mesh))
+  assert len(sharded.addressable_shards) == 8
+  (_, host), = host_leaves({"x": sharded})
+  np.testing.assert_array_equal(host, x)
+  assert array_digest(host) == array_digest(x) != array_digest(x + 1)
+
+
+def test_save_refuses_nonfinite_state(tmp_path):
+  from jaxrobust.checkpoint import NonFiniteStateError  # pylint: disable=g-import-not-at-top
+  state = _state()
+  opt = jax.tree.map(lambda a: a + np.inf if a.dtype == np.float32 else a, state.opt_state)
+  ck = Checkpointer(str(tmp_path / "ck"))
+  with pytest.raises(NonFiniteStateError, match="NaN/inf.*opt_state") as info:
+    ck.save(1, state.replace(opt_state=opt), {"model": "m"})
+  assert info.value.leaves and all("opt_state" in n for n in info.value.leaves)
+  assert ck.latest_step() is None  # nothing written
+
+
+def _save_without_digest(ck_dir, step, state):
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  from jaxrobust.checkpoint import _drop_frozen  # pylint: disable=g-import-not-at-top
+  mgr = ocp.CheckpointManager(str(ck_dir / "latest"), item_names=("state", "meta"),
+                              options=ocp.CheckpointManagerOptions(
+                                  create=True, enable_async_checkpointing=False))
+  mgr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_drop_frozen(state)),
+                                         meta=ocp.args.JsonSave({"model": "m"})), force=True)
+  mgr.close()
+
+
+def test_checkpoint_without_digest_loads_with_a_warning(tmp_path, caplog):
+  state = _state()
+  _save_without_digest(tmp_path / "ck", 3, state)
+  with caplog.at_level("WARNING", logger="jaxrobust"):
+    restored, meta = Checkpointer(str(tmp_path / "ck")).restore(_state(), expect_meta={"model": "m"})
+  assert "no content digests" in caplog.text and meta == {"model": "m"}
+  for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(restored)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_resume_falls_back_past_damaged_checkpoints_only_when_asked(tmp_path, caplog):
+  from jaxrobust.checkpoint import DamagedCheckpointError  # pylint: disable=g-import-not-at-top
+  ck_dir = tmp_path / "ck"
+  s1, s2 = _state(), _with_kernel_scaled(_state(), 2.0)
+  s2 = s2.replace(step=s2.step + 2)
+  ck = Checkpointer(str(ck_dir), keep=5)
+  ck.save(1, s1, {"model": "m"})
+  ck.save(2, s2, {"model": "m"})
+  _swap_state(ck_dir, 1, 2)  # latest/2 now holds other arrays than its digests say
+  # An old-format checkpoint (no digest) holding inf: refused by the finiteness check.
+  bad = s1.replace(params=jax.tree.map(lambda a: a * np.inf, s1.params), step=s1.step + 3)
+  _save_without_digest(ck_dir, 3, bad)
+  ck = Checkpointer(str(ck_dir), keep=5)
+  with pytest.raises(DamagedCheckpointError, match="latest/3 is damaged.*NaN/inf"):
+    ck.restore(s1)  # evaluation-style: no fallback, nothing moved
+  assert sorted(int(p.name) for p in (ck_dir / "latest").iterdir()) == [1, 2, 3]
+  with caplog.at_level("WARNING", logger="jaxrobust"):
+    restored, _ = ck.restore(s1, fallback=True, expect_meta={"model": "m"})
+  assert int(restored.step) == int(s1.step)
+  for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(restored.params)):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert caplog.text.count("CHECKPOINT DAMAGED") == 2
+  assert ck.latest_step() == 1
+  assert sorted(p.name for p in (ck_dir / "damaged").iterdir()) == ["latest_2", "latest_3"]
+  ck.save(2, s2, {"model": "m"})  # training goes on: the step is free again
+  assert ck.restore(s1, step=2)[0].step == s2.step
+
+
+def test_fallback_with_nothing_intact_moves_nothing(tmp_path):
+  from jaxrobust.checkpoint import DamagedCheckpointError  # pylint: disable=g-import-not-at-top
+  ck_dir = tmp_path / "ck"
+  state = _state()
+  ck = Checkpointer(str(ck_dir))
+  ck.save(1, state, {"model": "m"})
+  ck.save(2, _with_kernel_scaled(state, 3.0), {"model": "m"})
+  _swap_state(ck_dir, 2, 1)
+  (ck_dir / "latest" / "2" / "meta" / "metadata").write_text("{not json")
+  with pytest.raises(DamagedCheckpointError, match="latest/2.*no older intact checkpoint"):
+    Checkpointer(str(ck_dir)).restore(state, fallback=True)
+  assert sorted(p.name for p in (ck_dir / "latest").iterdir()) == ["1", "2"]
+  assert not (ck_dir / "damaged").exists()
