@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 import sys
 
+from jaxrobust.errors import ConfigError, JaxRobustError
+
 # XLA:CPU defaults chosen from the measurements in BENCHMARKS.md; a user's own
 # XLA_FLAGS always win (we only add flags that are not already set). They only
 # affect the CPU backend. The empty YNN fusion type turns off XLA:CPU's
@@ -83,7 +85,6 @@ def define_config_and_workdir(config_help: str, workdir_help: str):
 def require_config_and_workdir(argv, config_flag, workdir_flag, config_usage: str) -> None:
   """Raises ConfigError for stray positional arguments, a missing flag, a config
   file that could not be loaded, or a workdir that cannot be created/written."""
-  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]}; pass settings as --config.a.b=value")
   if config_flag.value is None or not workdir_flag.value:
@@ -103,7 +104,6 @@ def check_workdir(path: str, flag: str = "--workdir") -> None:
     ConfigError: it cannot be created (bad parent, read-only or special file
       system such as /proc) or is not a writable directory.
   """
-  from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   fix = "choose a directory you can write to"
   try:
     os.makedirs(path, exist_ok=True)
@@ -123,10 +123,9 @@ def run_main(main, argv=None, schema=None) -> None:
   """Runs ``main`` under absl; JaxRobustError or OSError -> one ``error:`` line, exit 2.
 
   ``schema`` returns the config schema used to name a bad ``--config.*``
-  override (default: the training config).
+  override (None: the message lists no valid keys).
   """
   from absl import app  # pylint: disable=g-import-not-at-top
-  from jaxrobust.errors import JaxRobustError  # pylint: disable=g-import-not-at-top
 
   def wrapped(args):
     from absl import logging  # pylint: disable=g-import-not-at-top
@@ -200,11 +199,9 @@ def normalize_flag_names(argv):
 
 def bad_override_message(argv, exc, schema=None) -> str:
   """Names the ``--config.a.b=v`` override that does not fit the config schema."""
-  if schema is None:
-    from jaxrobust.train.defaults import default_config as schema  # pylint: disable=g-import-not-at-top
-  known = set(_flat_keys(schema().to_dict()))
+  known = set(_flat_keys(schema().to_dict())) if schema is not None else set()
   for arg in argv[1:]:
-    if arg.startswith("--config."):
+    if known and arg.startswith("--config."):
       key = arg[len("--config."):].split("=", 1)[0]
       if key not in known:
         near = sorted(k for k in known if k.rsplit(".", 1)[0] == key.rsplit(".", 1)[0])

@@ -417,7 +417,7 @@ def resume_with_another_model(c):
 
 def _check_nan_run(out, workdir: pathlib.Path):
   """The named 'last good checkpoint' exists, is finite and passes its digests."""
-  from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.restore import load_trained  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   m = re.search(r"last good checkpoint \(step (\d+), finite\)", out.stderr)
   if m is None:  # diverged before the first save: nothing may have been saved.

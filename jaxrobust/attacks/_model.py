@@ -16,43 +16,16 @@ ignored, so the numerics are exactly those of ``logits_fn(x)``.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Callable
 
 import jax
 
-from jaxrobust.types import AnyLogitsFn, Array, KeyedLogitsFn, PRNGKey
+from jaxrobust.types import (AnyLogitsFn, Array, KeyedLogitsFn, PRNGKey,  # noqa: F401
+                             StochasticLogitsFn, is_stochastic, stochastic)
 
 # fold_in datum of the model-key stream ('mdl'): keeps model keys apart from the
 # keys an attack derives from its rng for random starts and restarts.
 _MODEL_STREAM = 0x6D646C
-
-
-@dataclasses.dataclass(frozen=True)
-class StochasticLogitsFn:
-  """A stochastic model ``fn(x, key) -> logits``, marked as such for the attacks.
-
-  Attributes:
-    fn: ``fn(x, key)``: ``x`` float32 ``[B, H, W, C]`` in [0, 1], ``key`` a
-      PRNG key (fresh per call), returns float32 logits ``[B, K]``.
-  """
-  fn: KeyedLogitsFn
-
-  def __call__(self, x: Array, key: PRNGKey) -> Array:
-    return self.fn(x, key)
-
-
-def stochastic(fn: KeyedLogitsFn) -> StochasticLogitsFn:
-  """Marks ``fn(x, key) -> logits`` as a stochastic model (idempotent).
-
-  Attacks then call it with a fresh key per forward pass (:func:`call_logits`).
-  """
-  return fn if isinstance(fn, StochasticLogitsFn) else StochasticLogitsFn(fn)
-
-
-def is_stochastic(logits_fn: AnyLogitsFn) -> bool:
-  """Whether ``logits_fn`` was declared stochastic (:func:`stochastic`)."""
-  return isinstance(logits_fn, StochasticLogitsFn)
 
 
 def model_key(rng: PRNGKey, *tags) -> PRNGKey:

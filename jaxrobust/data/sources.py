@@ -24,7 +24,7 @@ import zlib
 
 import numpy as np
 
-from jaxrobust.data.info import DATASETS, NUM_CLASSES  # pylint: disable=unused-import
+from jaxrobust.data.info import DATASETS, NUM_CLASSES  # noqa: F401  (NUM_CLASSES re-exported)
 from jaxrobust.data.validate import validate_arrays
 from jaxrobust.errors import DataError
 

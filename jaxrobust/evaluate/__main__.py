@@ -112,9 +112,9 @@ def main(argv):
   from jaxrobust import parallel  # pylint: disable=g-import-not-at-top
   from jaxrobust.data import load_split  # pylint: disable=g-import-not-at-top
   from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
-  from jaxrobust.evaluate.evaluators import exact_subset  # pylint: disable=g-import-not-at-top
+  from jaxrobust.accuracy import exact_subset  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluate.report import evaluate_names, plot_curve  # pylint: disable=g-import-not-at-top
-  from jaxrobust.evaluate.restore import load_trained, parse_checkpoint_path  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.restore import load_trained, parse_checkpoint_path  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
     raise ConfigError(f"unexpected arguments {argv[1:]}")

@@ -8,7 +8,7 @@ import numpy as np
 from jaxrobust.data import ArrayDataset
 from jaxrobust.errors import ConfigError
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
-from jaxrobust.evaluate.evaluators import evaluate_model
+from jaxrobust.accuracy import evaluate_model
 from jaxrobust.evaluate.suite import DEFAULT_SUITE, suite_attacks
 
 AA_NAMES = ("aa-standard", "aa-plus", "aa-rand", "aa-custom")
@@ -39,7 +39,7 @@ def evaluate_names(trained, test: ArrayDataset, names, eps, norm, *, batch_size,
   """Accuracy of ``trained`` on ``test`` for each evaluation name.
 
   Args:
-    trained: a restored model (``jaxrobust.evaluate.restore.TrainedModel``);
+    trained: a restored model (``jaxrobust.train.restore.TrainedModel``);
       a stochastic one gets a fresh key in every forward pass.
     test: the examples.
     names: evaluation names (:func:`evaluation_names`; ``aa_standard`` is

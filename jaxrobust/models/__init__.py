@@ -15,7 +15,12 @@ Penultimate features (linear probes, rotation heads, feature distillation)::
 b`` for that layer's kernel ``W`` ``[D, K]`` and bias ``b``; the logits are
 those of the default call. Every registered model supports it (the shared
 :func:`jaxrobust.models.layers.classifier_head`); functionally, use
-:meth:`jaxrobust.methods.ModelFns.features_fn`.
+:meth:`ModelFns.features_fn`.
+
+:class:`ModelFns` (:mod:`jaxrobust.models.functional`) evaluates a model as
+pure functions of its weights; ``ModelFns.logits_fn`` is what attacks call.
+A new model is one file plus :func:`register_model`; :func:`get_model`
+(= :func:`create_model`) builds one by name.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from typing import Callable
 from flax import nnx
 
 from jaxrobust.errors import ConfigError
+from jaxrobust.models.functional import ModelFns
 from jaxrobust.models.layers import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD,
                                      Normalize)
 from jaxrobust.models.mobilenet import CIFAR_CFG, MobileNetV2
@@ -91,5 +97,33 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
                       std=std, dtype=dtype, rngs=nnx.Rngs(seed), **kwargs)
 
 
-__all__ = ["CIFAR_CFG", "MODELS", "MobileNetV2", "Normalize", "PreActResNet", "ResNet",
-           "SimpleCNN", "SmallCNN", "WideResNet", "create_model"]
+def register_model(name: str, constructor: Callable[..., nnx.Module], *,
+                   replace: bool = False) -> Callable[..., nnx.Module]:
+  """Adds model ``name`` to :data:`MODELS` (a new model = one file + this call).
+
+  Args:
+    name: the ``config.model.name``.
+    constructor: ``constructor(num_classes=, in_channels=, mean=, std=, dtype=,
+      rngs=, **kwargs) -> nnx.Module`` whose ``__call__(x, train=, key=,
+      return_features=)`` follows the conventions of this module. A module with
+      random parts at evaluation time sets ``stochastic = True``.
+    replace: allow replacing an existing entry.
+
+  Returns:
+    ``constructor`` (usable as a decorator via ``functools.partial``).
+
+  Raises:
+    ConfigError: ``name`` is taken and ``replace`` is False.
+  """
+  if name in MODELS and not replace:
+    raise ConfigError(f"model {name!r} is already registered; pass replace=True to override")
+  MODELS[name] = constructor
+  return constructor
+
+
+get_model = create_model
+
+
+__all__ = ["CIFAR_CFG", "MODELS", "MobileNetV2", "ModelFns", "Normalize", "PreActResNet",
+           "ResNet", "SimpleCNN", "SmallCNN", "WideResNet", "create_model", "get_model",
+           "register_model"]

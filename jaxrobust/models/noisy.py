@@ -8,7 +8,7 @@ randomised-input defence of Gaussian data augmentation / randomised smoothing
 randomized smoothing", base classifier trained and queried under ``x + N(0,
 sigma^2 I)``, sigma in {0.12, 0.25, 0.5} on CIFAR-10).
 
-The module declares ``stochastic = True``: :meth:`jaxrobust.methods.ModelFns.logits_fn`
+The module declares ``stochastic = True``: :meth:`jaxrobust.models.ModelFns.logits_fn`
 then returns the keyed ``(x, key) -> logits`` form and every attack gives it a
 fresh key per forward pass; AutoAttack's randomised-defence check flags it
 (evaluate it with ``aa-rand``). Called without a key (``key=None``) it adds no

@@ -12,6 +12,8 @@ import ml_collections
 from jaxrobust.attacks import NORMS, attack_from_config
 from jaxrobust.attacks.threat import attack_config, resolve_attack
 from jaxrobust.errors import ConfigError
+from jaxrobust.rift.mrc import MRCSettings
+from jaxrobust.utils.paths import compile_regex
 
 # PGD-10 / PGD-20, 2/255, uniform start; eps / norm from config.eps / config.norm.
 PGD10 = dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce", random_start="uniform")
@@ -88,7 +90,6 @@ def default_rift_config() -> ml_collections.ConfigDict:
 
 def validate_rift_config(c) -> None:
   """Raises ConfigError naming the key and the fix."""
-  from jaxrobust.utils.paths import compile_regex  # pylint: disable=g-import-not-at-top
   if not c.at_workdir:
     raise ConfigError("set --config.at_workdir=DIR, the --workdir of an adversarial training run "
                       "(python -m jaxrobust.train)")
@@ -149,7 +150,6 @@ def resolve_rift_config(config) -> ml_collections.ConfigDict:
 
 def mrc_settings(c):
   """``config.mrc`` -> :class:`jaxrobust.rift.mrc.MRCSettings`."""
-  from jaxrobust.rift.mrc import MRCSettings  # pylint: disable=g-import-not-at-top
   m = c.mrc
   return MRCSettings(xi=m.xi, num_epochs=m.num_epochs, step_size=m.step_size,
                      batch_size=m.batch_size, project=m.project, shuffle=m.shuffle)

@@ -42,7 +42,7 @@ import tqdm
 from jaxrobust.attacks import attack_from_config
 from jaxrobust.data import ArrayDataset, eval_batches, to_float
 from jaxrobust.errors import ConfigError
-from jaxrobust.methods.base import ModelFns
+from jaxrobust.models import ModelFns
 from jaxrobust.rift.modules import Module
 
 

@@ -34,9 +34,9 @@ import tqdm
 from jaxrobust import parallel
 from jaxrobust.errors import ConfigError
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
-from jaxrobust.evaluate.evaluators import (attacks_from_config, evaluate_accuracy,
+from jaxrobust.accuracy import (attacks_from_config, evaluate_accuracy,
                                            exact_subset, make_eval_step)
-from jaxrobust.evaluate.restore import load_trained
+from jaxrobust.train.restore import load_trained
 from jaxrobust.methods import method_config
 from jaxrobust.rift.config import mrc_settings, resolve_rift_config, validate_rift_config
 from jaxrobust.rift.interpolate import interpolate, select_alpha
@@ -117,6 +117,7 @@ def _ood_sets(config, base, n, split):
   ood = config.eval.ood
   if ood.source == "none" or n <= 0:
     return {}
+  # Imported when used: it needs the optional `ood` extra (imagecorruptions-imaug).
   from jaxrobust.data import corruptions  # pylint: disable=g-import-not-at-top
   names = tuple(ood.corruptions) or corruptions.CORRUPTIONS
   sub = base.take(slice(0, min(n, len(base))))

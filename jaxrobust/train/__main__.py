@@ -24,8 +24,13 @@ def main(argv):
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def _schema():
+  from jaxrobust.train.defaults import default_config  # pylint: disable=g-import-not-at-top
+  return default_config()
+
+
 def run():
-  run_main(main)
+  run_main(main, schema=_schema)
 
 
 if __name__ == "__main__":

@@ -13,7 +13,9 @@ import ml_collections
 
 from jaxrobust.attacks import NORMS, attack_from_config
 from jaxrobust.attacks.threat import attack_config, resolve_attack
+from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import ConfigError
+from jaxrobust.models import MODELS
 from jaxrobust.methods import get_method, method_config, method_from_config
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
@@ -166,8 +168,6 @@ def validate_config(c) -> None:
   The method and attacks are checked as the trainer builds them (threat model
   filled in by :func:`resolve_config`).
   """
-  from jaxrobust.data import NUM_CLASSES  # pylint: disable=g-import-not-at-top
-  from jaxrobust.models import MODELS  # pylint: disable=g-import-not-at-top
   if c.data.name not in NUM_CLASSES:
     _fail(f"config.data.name={c.data.name!r} is unknown; choose one of {sorted(NUM_CLASSES)}")
   if c.data.source not in ("numpy", "tfds"):

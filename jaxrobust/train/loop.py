@@ -13,16 +13,19 @@ import time
 import jax
 import numpy as np
 import tqdm
+from flax import nnx
 
 from jaxrobust import parallel
 from jaxrobust.checkpoint import Checkpointer, NonFiniteStateError
 from jaxrobust.data import TrainIterator
 from jaxrobust.errors import ConfigError, NonFiniteLossError
-from jaxrobust.evaluate.evaluators import attacks_from_config, evaluate_accuracy, make_eval_step
-from jaxrobust.methods import ModelFns, method_from_config, method_settings, num_teachers
+from jaxrobust.accuracy import attacks_from_config, evaluate_accuracy, make_eval_step
+from jaxrobust.methods import method_from_config, method_settings, num_teachers
+from jaxrobust.models import ModelFns
 from jaxrobust.train.builders import build_model, build_splits, image_shape_of, model_fingerprint
 from jaxrobust.train.defaults import effective_attacks, resolve_config, validate_config
 from jaxrobust.train.optim import make_optimizer
+from jaxrobust.train.restore import load_trained
 from jaxrobust.train.state import create_train_state
 from jaxrobust.train.step import jit_train_step, make_train_step
 from jaxrobust.utils import MetricWriter
@@ -63,9 +66,6 @@ def load_teachers(config, mesh) -> tuple[tuple, dict | None]:
   n = num_teachers(config.method)
   if not n:
     return (), None
-  # Imported here: jaxrobust.evaluate imports jaxrobust.train.
-  from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
-  from flax import nnx  # pylint: disable=g-import-not-at-top
   _, m = method_settings(config.method)
   which, dtype = m.get("teacher_which", "best"), m.get("teacher_dtype", "")
   dirs = [("teacher_workdir", m.get("teacher_workdir", "")),
@@ -107,7 +107,6 @@ def init_from_run(config, state, tx, fingerprint: str, mesh):
     ConfigError: the run's architecture differs from this config's.
     CheckpointError: an unreadable run.
   """
-  from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
   t = config.train
   src = load_trained(t.init_from, t.init_which, mesh=mesh)
   src_fp = model_fingerprint(src.config, image_shape_of(src.config))

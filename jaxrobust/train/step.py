@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxrobust.data import to_float
-from jaxrobust.methods.base import ModelFns
+from jaxrobust.models import ModelFns
 from jaxrobust.parallel import data_sharding, replicated
 from jaxrobust.train.state import TrainState, ema_decay_at
 

@@ -48,7 +48,7 @@ def fake_dataset(tmp_path, monkeypatch):
 
 def _run(config, workdir):
   # Imported here: the trainer pulls in every package.
-  from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.restore import load_trained  # pylint: disable=g-import-not-at-top
   from jaxrobust.train import train_and_evaluate  # pylint: disable=g-import-not-at-top
   train_and_evaluate(config, str(workdir))
   return load_trained(str(workdir), "latest")

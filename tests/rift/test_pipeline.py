@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from jaxrobust.errors import ConfigError
-from jaxrobust.evaluate.restore import load_trained
+from jaxrobust.train.restore import load_trained
 from jaxrobust.rift.pipeline import finetune_config
 from jaxrobust.train.loop import train_and_evaluate
 from jaxrobust.utils.paths import named_leaves
@@ -84,7 +84,7 @@ def test_cli_runs_end_to_end_and_writes_report_and_plots(at_run, tmp_path, repo_
     assert 0 <= row["ood"] <= 1 and len(row["ood_per_set"]) == 4  # 2 corruptions x 2 severities.
   # alpha = 0 is the adversarially trained model: its test numbers match a direct evaluation.
   at = load_trained(at_run)
-  from jaxrobust.evaluate.evaluators import evaluate_model, exact_subset
+  from jaxrobust.accuracy import evaluate_model, exact_subset
   from jaxrobust.parallel import make_mesh
   from jaxrobust.train.builders import build_splits
   cfg = at.config.copy_and_resolve_references()

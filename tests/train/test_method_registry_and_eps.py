@@ -132,7 +132,7 @@ def test_cli_eps_reaches_training_validation_and_test(tmp_path, data_dir):
 
 def test_runs_saved_with_the_shared_method_schema_still_load(tmp_path):
   """A config.json of earlier versions: every method's keys, -1 / '' for "official"."""
-  from jaxrobust.evaluate.restore import load_config as load_saved  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.restore import load_config as load_saved  # pylint: disable=g-import-not-at-top
   legacy = dict(name="awp", attack=dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=10,
                                         norm="linf", loss="kl", random_start="normal"),
                 attack_bn="eval", clean_bn="train", beta=-1.0, alpha=-1.0, temperature=-1.0,

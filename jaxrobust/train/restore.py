@@ -12,7 +12,7 @@ from jaxrobust import parallel
 from jaxrobust.checkpoint import Checkpointer, DamagedCheckpointError
 from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import CheckpointError, ConfigError
-from jaxrobust.methods import ModelFns
+from jaxrobust.models import ModelFns
 from jaxrobust.train.builders import build_model, image_shape_of, model_fingerprint
 from jaxrobust.train.defaults import config_for_saved
 from jaxrobust.train.optim import make_optimizer

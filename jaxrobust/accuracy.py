@@ -1,7 +1,14 @@
-"""Accuracy under named attacks over a dataset, aggregated as (sum, count)."""
+"""Accuracy of a model under named attacks over a dataset, aggregated as (sum, count).
+
+Shared by the trainer's validation (checkpoint selection), RiFT and the
+evaluation CLI. The model is a functional model such as
+:class:`jaxrobust.models.ModelFns` (anything with ``logits_fn(params,
+batch_stats, bn=...)``); this module sits below the methods and the trainer
+and imports neither.
+"""
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -10,7 +17,7 @@ import tqdm
 
 from jaxrobust.attacks import attack_from_config, call_logits, model_key
 from jaxrobust.data import ArrayDataset, eval_batches, to_float
-from jaxrobust.methods.base import ModelFns
+from jaxrobust.errors import DataError
 from jaxrobust.parallel import check_batch_size, data_sharding, global_batch, replicated
 
 
@@ -28,7 +35,7 @@ def attacks_from_config(evals: Mapping[str, Mapping | None]) -> dict[str, Callab
           for name, cfg in evals.items()}
 
 
-def make_eval_step(model: ModelFns, attacks: Mapping[str, Callable | None], mesh=None
+def make_eval_step(model: Any, attacks: Mapping[str, Callable | None], mesh=None
                    ) -> Callable:
   """Builds a jitted ``eval_step(params, batch_stats, batch, rng) -> sums``.
 
@@ -98,7 +105,7 @@ def evaluate_model(model_fns, params, batch_stats, dataset: ArrayDataset,
   """Clean/robust accuracy of one model for a dict of attack configs.
 
   Args:
-    model_fns: the functional model (:class:`jaxrobust.methods.ModelFns`).
+    model_fns: the functional model (:class:`jaxrobust.models.ModelFns`).
     params, batch_stats: its weights and BatchNorm running averages.
     dataset: the examples (uint8 or float images, int labels).
     evals: ``{name: attack config or None (clean)}``; configs name any
@@ -128,7 +135,6 @@ def exact_subset(dataset: ArrayDataset, n: int) -> ArrayDataset:
   sub = dataset.take(slice(0, n))
   lossy = int(np.sum(~sub.exact))
   if lossy:
-    from jaxrobust.errors import DataError  # pylint: disable=g-import-not-at-top
     raise DataError(f"{lossy} of the first {n} {dataset.name} test images are JPEG-derived; "
                     f"robust accuracy is reported on exact images only: use n <= "
                     f"{int(np.argmin(dataset.exact)) or n}")
