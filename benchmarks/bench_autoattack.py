@@ -129,7 +129,7 @@ def load_jax_model(args):
     info.update(model=args.model, weights=f"random init (seed {args.model_seed})")
   else:
     from jaxrobust.errors import CheckpointError  # pylint: disable=g-import-not-at-top
-    from jaxrobust.evaluate.restore import load_trained  # pylint: disable=g-import-not-at-top
+    from jaxrobust.train.restore import load_trained  # pylint: disable=g-import-not-at-top
     try:
       tm = load_trained(args.workdir, args.which)
       graphdef, params, stats = tm.model_fns.graphdef, tm.params, tm.batch_stats
@@ -138,7 +138,7 @@ def load_jax_model(args):
       # Checkpoints written before TrainState had its ``frozen`` field do not
       # restore into the current TrainState; read the arrays directly.
       import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
-      from jaxrobust.evaluate.restore import load_config  # pylint: disable=g-import-not-at-top
+      from jaxrobust.train.restore import load_config  # pylint: disable=g-import-not-at-top
       from jaxrobust.train.builders import build_model  # pylint: disable=g-import-not-at-top
       print(f"load_trained failed ({str(e)[:160]}...); reading the checkpoint arrays "
             f"directly", file=sys.stderr)

@@ -156,9 +156,11 @@ class Checkpointer:
     self._best = _manager(os.path.join(directory, "best"), 1)
 
   def latest_step(self) -> int | None:
+    """The newest ``latest/<step>`` (None when there is none)."""
     return self._latest.latest_step()
 
   def best_step(self) -> int | None:
+    """The step of the ``best/`` checkpoint (None when there is none)."""
     return self._best.latest_step()
 
   def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
@@ -289,6 +291,7 @@ class Checkpointer:
     return _rebuild(target, state, frozen), meta
 
   def close(self) -> None:
+    """Waits for pending writes and releases the Orbax managers."""
     self._latest.close()
     self._best.close()
 

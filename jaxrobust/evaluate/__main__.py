@@ -104,6 +104,7 @@ def _check_flags(workdir: str, which: str) -> list[float]:
 
 
 def main(argv):
+  """absl main: restores the run in --workdir and evaluates it under --attacks; bad input raises a JaxRobustError."""
   import json  # pylint: disable=g-import-not-at-top
   import os  # pylint: disable=g-import-not-at-top
 
@@ -188,6 +189,7 @@ def threat_model(config, eps_flag=None, norm_flag=None) -> tuple[float | None, s
 
 
 def run():
+  """Console entry point: :func:`main` with one-line errors (exit 2)."""
   run_main(main)
 
 

@@ -25,6 +25,19 @@ class ModelFns:
   graphdef: Any
 
   def apply(self, params, batch_stats, x, *, train: bool, key=None):
+    """One forward pass: ``(logits, new_batch_stats)``.
+
+    Args:
+      params, batch_stats: ``nnx.Param`` / ``nnx.BatchStat`` states of the model.
+      x: float32 ``[B, H, W, C]`` in [0, 1].
+      train: batch statistics (and updated running averages) if True, else the
+        running averages (``new_batch_stats`` is ``batch_stats`` unchanged).
+      key: PRNG key for the model's random parts (dropout, input noise); None
+        turns them off.
+
+    Returns:
+      float32 logits ``[B, K]`` and the running averages after the pass.
+    """
     model = nnx.merge(self.graphdef, params, batch_stats, copy=True)
     logits = model(x, train=train, key=key)
     if not train:

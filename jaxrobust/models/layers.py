@@ -117,10 +117,12 @@ def conv(cin, cout, k, stride=1, *, rngs, padding=None, bias=False, dtype=None, 
 
 
 def batch_norm(c, *, rngs, dtype=None):
+  """BatchNorm over ``c`` channels with PyTorch's defaults (momentum 0.1 -> ``BN_MOMENTUM``, eps 1e-5)."""
   return nnx.BatchNorm(c, momentum=BN_MOMENTUM, epsilon=BN_EPS, dtype=dtype, rngs=rngs)
 
 
 def linear(cin, cout, *, rngs, dtype=None):
+  """Dense layer ``[B, cin] -> [B, cout]`` (kernel ``[cin, cout]``, bias ``[cout]``)."""
   return nnx.Linear(cin, cout, dtype=dtype, rngs=rngs)
 
 

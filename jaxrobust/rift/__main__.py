@@ -14,6 +14,7 @@ _CONFIG, _WORKDIR = define_config_and_workdir(
 
 
 def main(argv):
+  """absl main: runs RiFT on --config.at_workdir into --workdir; bad input raises a JaxRobustError."""
   from jaxrobust.rift.pipeline import run_rift  # pylint: disable=g-import-not-at-top
   require_config_and_workdir(argv, _CONFIG, _WORKDIR, "configs/cifar10_rift.py[:arg]")
   run_rift(_CONFIG.value, _WORKDIR.value)
@@ -25,6 +26,7 @@ def _schema():
 
 
 def run():
+  """Console entry point: :func:`main` with one-line errors (exit 2)."""
   run_main(main, schema=_schema)
 
 

@@ -15,6 +15,7 @@ _CONFIG, _WORKDIR = define_config_and_workdir(
 
 
 def main(argv):
+  """absl main: trains (or resumes) the run in --workdir per --config; bad input raises a JaxRobustError."""
   from absl import logging  # pylint: disable=g-import-not-at-top
   from jaxrobust.parallel import init_distributed  # pylint: disable=g-import-not-at-top
   from jaxrobust.train.loop import train_and_evaluate  # pylint: disable=g-import-not-at-top
@@ -30,6 +31,7 @@ def _schema():
 
 
 def run():
+  """Console entry point: :func:`main` with one-line errors (exit 2)."""
   run_main(main, schema=_schema)
 
 

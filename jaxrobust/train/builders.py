@@ -14,6 +14,7 @@ from jaxrobust.models import create_model
 
 @dataclasses.dataclass
 class Splits:
+  """The train split (minus validation), the class-balanced validation split, the test split."""
   train: ArrayDataset
   val: ArrayDataset
   test: ArrayDataset

@@ -34,6 +34,7 @@ class TrainedModel:
   uses_ema: bool
 
   def logits_fn(self, bn: str = "eval"):
+    """The restored model as attacks call it (:meth:`jaxrobust.models.ModelFns.logits_fn`)."""
     return self.model_fns.logits_fn(self.params, self.batch_stats, bn=bn)
 
 
