@@ -14,7 +14,8 @@ Attacks are looked up by name in one registry (:mod:`jaxrobust.attacks.registry`
 adds one (from anywhere, one :class:`AttackSpec`), :data:`ATTACKS` maps the
 canonical names to the functions. Built-in names: ``pgd``, ``fgsm``, ``apgd``,
 ``apgd_ce``, ``apgd_dlr``, ``apgd_t``, ``fab``, ``fab_t``, ``square``,
-``trades_l2``; AutoAttack's spellings (``apgd-ce``, ``fab-t``, ...) are aliases.
+``trades_l2``, ``pgd_prm`` (PGD with the ViT recipe's perturbation random
+masking); AutoAttack's spellings (``apgd-ce``, ``fab-t``, ...) are aliases.
 """
 from __future__ import annotations
 
@@ -37,14 +38,17 @@ from jaxrobust.attacks.registry import (ATTACKS, AttackSpec, AutoAttackHook, att
                                         attack_names, get_attack, register_attack,
                                         resolve_attack_name, unregister_attack)
 from jaxrobust.attacks import _builtins  # noqa: E402,F401  registers the built-in attacks
+from jaxrobust.attacks._prm import (PRM_MODES, num_masked_patches, patch_keep_mask,  # noqa: E402
+                                    pgd_prm)  # registers pgd_prm (perturbation random masking)
 
-__all__ = ["ATTACKS", "AttackSpec", "AutoAttackHook", "CPU_UNROLL", "FAB_NORMS", "LOSSES",
-           "NORMS", "RANDOM_STARTS", "SQUARE_NORMS", "StochasticLogitsFn", "apgd", "apgd_pass",
+__all__ = ["ATTACKS", "AttackSpec", "AutoAttackHook", "CPU_UNROLL", "FAB_NORMS", "LOSSES", "NORMS",
+           "PRM_MODES", "RANDOM_STARTS", "SQUARE_NORMS", "StochasticLogitsFn", "apgd", "apgd_pass",
            "apgd_single_run", "apgd_targeted", "apgd_targeted_pass", "ascent_direction",
            "attack_from_config", "attack_names", "bind_key", "call_logits", "ce_loss",
            "checkpoint_schedule", "cw_loss", "default_unroll", "dlr_loss", "dlr_targeted_loss",
            "fab", "fab_projection", "fab_targeted", "fgsm", "get_attack", "is_stochastic",
            "kl_loss", "l2_norm", "l2_project", "linf_project", "margin_loss", "model_key",
-           "oscillation_flags", "pgd", "project", "random_init", "register_attack",
-           "resolve_attack_name", "square", "step_size_flags", "stochastic", "top_k_target",
-           "trades_l2_inner_max", "unregister_attack"]
+           "num_masked_patches", "oscillation_flags", "patch_keep_mask", "pgd", "pgd_prm",
+           "project", "random_init", "register_attack", "resolve_attack_name", "square",
+           "step_size_flags", "stochastic", "top_k_target", "trades_l2_inner_max",
+           "unregister_attack"]

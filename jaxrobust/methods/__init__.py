@@ -4,7 +4,8 @@
 builds it with :func:`method_from_config`. Registered here: ``standard``
 (:mod:`.standard`), ``pgd_at`` and ``fgsm_at`` (:mod:`.adversarial`),
 ``trades`` (:mod:`.trades`), ``mart`` (:mod:`.mart`), ``awp`` (:mod:`.awp`),
-``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`). A new objective is a
+``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`), ``vit_pgd_at``
+(:mod:`.vit_recipe`, Mo et al.'s ViT recipe). A new objective is a
 module calling :func:`register_method`.
 """
 from __future__ import annotations
@@ -20,6 +21,7 @@ from jaxrobust.methods.trades import TRADES, trades_l2_inner_max
 from jaxrobust.methods.mart import MART
 from jaxrobust.methods.awp import AWP, relative_weight_perturbation
 from jaxrobust.methods.distill import DISTILL_METHODS, IAD, RSLAD, ARDDistill
+from jaxrobust.methods.vit_recipe import ViTAdversarialTraining
 
 # The built-in methods (registration order); registered_methods() includes user ones.
 METHODS = registered_methods()
@@ -29,4 +31,4 @@ __all__ = ["ARDDistill", "AWP", "AdversarialTraining", "BuildContext", "DISTILL_
            "accuracy_sum", "attack_in_view", "cross_entropy", "get_method", "method_config",
            "method_from_config", "method_settings", "num_teachers", "register_method",
            "registered_methods", "relative_weight_perturbation", "replay_bn_updates",
-           "train_passes", "trades_l2_inner_max"]
+           "train_passes", "trades_l2_inner_max", "ViTAdversarialTraining"]

@@ -37,6 +37,7 @@ from jaxrobust.models.mobilenet import CIFAR_CFG, MobileNetV2
 from jaxrobust.models.noisy import NOISY_MODELS
 from jaxrobust.models.resnet import PreActResNet, ResNet
 from jaxrobust.models.small_cnn import SimpleCNN, SmallCNN
+from jaxrobust.models.vit import VIT_MODELS, VisionTransformer
 from jaxrobust.models.wide_resnet import WideResNet
 
 _TINY_MBV2 = ((1, 8, 1, 1), (6, 16, 1, 2), (6, 24, 1, 2))
@@ -123,7 +124,13 @@ def register_model(name: str, constructor: Callable[..., nnx.Module], *,
 
 get_model = create_model
 
+# Vision Transformers (jaxrobust.models.vit): ViT-Ti/S/B, DeiT-Ti/S, timm's old ViT-S of Mo et
+# al., and the CPU-sized vit_cifar_tiny. Their constructors take ``image_size`` (H, W), which
+# the trainer fills from the data (jaxrobust.train.builders.model_kwargs).
+for _name, _ctor in VIT_MODELS.items():
+  register_model(_name, _ctor)
+
 
 __all__ = ["CIFAR_CFG", "MODELS", "MobileNetV2", "ModelFns", "Normalize", "PreActResNet",
-           "ResNet", "SimpleCNN", "SmallCNN", "WideResNet", "create_model", "get_model",
-           "register_model"]
+           "ResNet", "SimpleCNN", "SmallCNN", "VIT_MODELS", "VisionTransformer", "WideResNet",
+           "create_model", "get_model", "register_model"]

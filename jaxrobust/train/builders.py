@@ -9,7 +9,7 @@ import numpy as np
 from jaxrobust.data import (ArrayDataset, check_image_shape, dataset_info, load_split,
                             train_val_split)
 from jaxrobust.errors import DataError
-from jaxrobust.models import create_model
+from jaxrobust.models import VIT_MODELS, create_model
 
 
 @dataclasses.dataclass
@@ -76,6 +76,8 @@ def model_kwargs(config, image_shape) -> dict:
             dtype=None if config.model.dtype == "float32" else jnp.dtype(config.model.dtype))
   if config.model.name.startswith("small_cnn"):
     kw["image_size"] = image_shape[0]
+  elif config.model.name in VIT_MODELS:  # the position embedding's token grid
+    kw["image_size"] = tuple(int(s) for s in image_shape[:2])
   return kw
 
 

@@ -1,0 +1,198 @@
+"""Adversarial training of Vision Transformers (Mo et al., NeurIPS 2022): ARD and PRM.
+
+Official code: ``mo666666/When-Adversarial-Training-Meets-Vision-Transformers:
+train_cifar.py`` (METHODS 2.9 / 2.12).
+
+**Keep probability r(t)** (:func:`mo_keep_prob`): ``r = min(t / n_w, 1) *
+keep_final`` from the fractional epoch ``t``; the official loop computes it
+from ``epoch_now = epoch - 1 + (step + 1) / len(train_loader)``, i.e. for
+the 0-based optimiser step ``s`` (the trainer's ``step``) ``t = (s + 1) /
+steps_per_epoch``. ``n_w = 10`` epochs on CIFAR (2 on ImageNet);
+``keep_final`` is the official ``--drop-rate`` 1.0 (the FINAL KEEP
+probability, despite its name). One r drives both ARD and PRM.
+
+**Attention random dropping** (``attention_random_drop``; not ARD
+distillation, which is ``ard_distill``): while the perturbation is crafted,
+and only then, each attack step draws one Bernoulli(r) per encoder block,
+shared by the batch; a dropped block's attention residual branch keeps its
+forward value but passes no gradient (the official backward hook on the
+block's ``drop_path``, removed before the weight update). Here: the attack
+gets the keyed logits function of :func:`attention_random_drop_logits_fn`,
+which draws the ``[depth]`` keep mask from the key the attack passes to each
+forward pass (:func:`jaxrobust.attacks.model_key`: fresh per attack step) and
+calls the ViT with ``attention_grad_keep=mask``
+(:class:`jaxrobust.models.vit.VisionTransformer`). The training forward pass
+(:meth:`ModelFns.apply`) never passes a mask, so the weight gradient is that
+of the plain model.
+
+**Perturbation random masking**: the ``pgd_prm`` attack
+(:mod:`jaxrobust.attacks._prm`); the method passes ``keep_prob=r`` to it at
+every training step. With ``name='pgd'`` the method runs without PRM.
+
+The loss is the mean CE of the adversarial batch in train mode (PGD-AT, as
+:class:`jaxrobust.methods.adversarial.AdversarialTraining`); the attack runs
+in the eval view (``attack_bn='eval'``, the official ``model.eval()``).
+Mixup/CutMix on the AT branch and the TRADES/MART variants are not built yet.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrobust.attacks import stochastic
+from jaxrobust.errors import ConfigError
+from jaxrobust.methods.base import ModelFns, accuracy_sum, cross_entropy
+from jaxrobust.methods.registry import BN_VIEWS, choice, positive, register_method, unit_interval
+
+
+def mo_keep_prob(step, steps_per_epoch: int, warmup_epochs: float = 10.0,
+                 keep_final: float = 1.0):
+  """r(t) = min(t / n_w, 1) * keep_final with t = (step + 1) / steps_per_epoch.
+
+  Args:
+    step: 0-based optimiser step (int or traced int32).
+    steps_per_epoch: optimiser steps per epoch, >= 1.
+    warmup_epochs: n_w (10 on CIFAR, 2 on ImageNet); 0 means r = keep_final
+      from the first step.
+    keep_final: final keep probability in [0, 1] (official ``--drop-rate``).
+
+  Returns:
+    float32 scalar r in [0, keep_final].
+
+  Source: ``train_cifar.py`` (``epoch_now``; ``drop_rate = t / n_w *
+  args.drop_rate`` while ``t < n_w``).
+  """
+  t = (jnp.asarray(step, jnp.float32) + 1.0) / jnp.float32(steps_per_epoch)
+  if warmup_epochs <= 0:
+    return jnp.float32(keep_final) + 0.0 * t
+  return jnp.minimum(t / jnp.float32(warmup_epochs), 1.0) * jnp.float32(keep_final)
+
+
+def attention_random_drop_logits_fn(model: ModelFns, params, batch_stats, keep_prob, *,
+                                    bn: str = "eval"):
+  """The keyed ``(x, key) -> logits`` a ViT attack uses under attention random dropping.
+
+  Each call draws ``keep = bernoulli(key, keep_prob, [depth])`` and runs the
+  model with ``attention_grad_keep=keep``: logits are those of the plain
+  model (bit for bit); the input gradient flows through block ``i``'s
+  attention branch only if ``keep[i]``. Attacks call it with a fresh key per
+  forward pass, hence one draw per attack step and block, shared by the
+  batch. It is marked stochastic (:func:`jaxrobust.attacks.stochastic`) only
+  so that attacks pass those keys; its VALUES are deterministic. Meant for
+  crafting training perturbations, never for evaluation.
+
+  Args:
+    model: :class:`ModelFns` of a model whose ``__call__`` takes
+      ``attention_grad_keep`` (a :class:`jaxrobust.models.vit.VisionTransformer`).
+    params, batch_stats: its state.
+    keep_prob: r in [0, 1] (float or traced scalar).
+    bn: ``'eval'`` or ``'train'`` view (the ViT has no BatchNorm: the same).
+
+  Returns:
+    A :class:`jaxrobust.attacks.StochasticLogitsFn`.
+
+  Raises:
+    ConfigError: the model has no attention gate.
+    ValueError: unknown ``bn``.
+  """
+  if bn not in BN_VIEWS:
+    raise ValueError(f"unknown BatchNorm mode {bn!r}; use 'eval' or 'train'")
+  probe = nnx.merge(model.graphdef, params, batch_stats, copy=True)
+  depth = getattr(getattr(probe, "Transformer", None), "depth", None)
+  if depth is None:
+    raise ConfigError(f"attention_random_drop needs a Vision Transformer (a model with "
+                      f"attention blocks), got {type(probe).__name__}; set "
+                      f"config.method.attention_random_drop=False or a ViT model")
+  inner_stochastic = getattr(probe, "stochastic", False)
+
+  def fn(x, key):
+    mask_key, inner_key = jax.random.split(key)
+    keep = jax.random.bernoulli(mask_key, keep_prob, (depth,))
+    m = nnx.merge(model.graphdef, params, batch_stats, copy=True)
+    return m(x, train=bn == "train", key=inner_key if inner_stochastic else None,
+             attention_grad_keep=keep)
+
+  return stochastic(fn)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTAdversarialTraining:
+  """PGD-AT of a ViT with attention random dropping and/or perturbation random masking.
+
+  Attributes:
+    attack: ``attack(logits_fn, rng, x, y, **extra) -> x_adv`` (``pgd`` or
+      ``pgd_prm``).
+    prm: the attack is ``pgd_prm`` (it then gets ``keep_prob=r``).
+    attention_random_drop: gate the attention gradients while attacking.
+    steps_per_epoch: for r(t); None: r = keep_final (schedule fully active).
+    warmup_epochs: n_w.
+    keep_final: final keep probability.
+    attack_bn: the attack's view (``'eval'``, official).
+  """
+  attack: Callable
+  prm: bool
+  attention_random_drop: bool = True
+  steps_per_epoch: int | None = None
+  warmup_epochs: float = 10.0
+  keep_final: float = 1.0
+  attack_bn: str = "eval"
+  name: str = "vit_pgd_at"
+
+  def keep_prob(self, step):
+    """r at optimiser ``step`` (:func:`mo_keep_prob`); ``keep_final`` when unresolved."""
+    if step is None or self.steps_per_epoch is None:
+      return jnp.float32(self.keep_final)
+    return mo_keep_prob(step, self.steps_per_epoch, self.warmup_epochs, self.keep_final)
+
+  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """float32 ``x_adv`` ``[B, H, W, C]`` crafted with ARD / PRM at r(step)."""
+    del frozen
+    r = self.keep_prob(step)
+    if self.attention_random_drop:
+      logits_fn = attention_random_drop_logits_fn(model, params, batch_stats, r,
+                                                  bn=self.attack_bn)
+    else:
+      logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
+    extra = {"keep_prob": r} if self.prm else {}
+    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y, **extra)
+
+  def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """Mean CE of the train-mode logits of ``x_adv``; ``(loss, (batch_stats, sums))``."""
+    del x, frozen, step
+    logits, new_bs = model.apply(params, batch_stats, x_adv, train=True,
+                                 key=jax.random.fold_in(rng, 1))
+    loss = cross_entropy(logits, y)
+    return loss, (new_bs, {"loss": loss * y.shape[0],
+                           "adv_accuracy": accuracy_sum(logits, y)})
+
+
+def _build(s, ctx):
+  attack_cfg = dict(s.get("attack") or {})
+  name = attack_cfg.get("name")
+  if name == "pgd_prm" and attack_cfg.get("keep_prob") is not None:
+    raise ConfigError("config.method.attack.keep_prob is set by the method's schedule "
+                      "(warmup_epochs, keep_final): remove it from the attack config")
+  attack = ctx.attack(s, ("pgd", "pgd_prm"))
+  warmup = positive(s, "warmup_epochs", allow_zero=True)
+  return ViTAdversarialTraining(
+      attack, prm=name == "pgd_prm", attention_random_drop=bool(s["attention_random_drop"]),
+      steps_per_epoch=ctx.steps_per_epoch, warmup_epochs=warmup,
+      keep_final=unit_interval(s, "keep_final", "vit_pgd_at"),
+      attack_bn=choice(s, "attack_bn", BN_VIEWS))
+
+
+# Official CIFAR-10 settings (train_cifar.py / parser_cifar.py): PGD-10, step 2/255, uniform
+# start, eval-mode attack, ARD + PRM with n_w = 10 and final keep probability 1.0, patch 4.
+register_method(
+    "vit_pgd_at",
+    settings=dict(attack_bn="eval", attention_random_drop=True, warmup_epochs=10.0,
+                  keep_final=1.0),
+    attack=dict(name="pgd_prm", step_size=2 / 255, num_steps=10, loss="ce",
+                random_start="uniform", patch_size=4, prm_mode="faithful"),
+    build=_build,
+    doc="PGD-AT of ViTs with attention random dropping and perturbation random masking "
+        "(Mo et al. 2022)")
