@@ -16,7 +16,9 @@ from ..numpy_models import numpy_initialised
 
 MNIST_MODELS = ("small_cnn", "small_cnn_tiny")
 # The CNNs (the ViTs, e.g. vit_cifar_tiny, need >= 4x4 tokens: tests/models/test_vit.py).
-SMALL_MODELS = sorted([k for k in MODELS if k.endswith("_tiny") and not k.startswith("vit_")]
+# One small variant per architecture class; wrappers (noisy_*) and ViTs have their own tests.
+SMALL_MODELS = sorted([k for k in MODELS
+                       if k.endswith("_tiny") and not k.startswith(("vit_", "noisy_"))]
                       + ["wrn_10_1", "small_cnn", "simple_cnn"])
 
 
