@@ -17,7 +17,6 @@ happens on device (see :func:`jaxrobust.data.to_float`).
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
 import pathlib
 import zipfile
@@ -154,11 +153,13 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None):
   builder = tfds.builder(name, data_dir=data_dir, file_format="array_record")
   if builder.is_prepared():
     return builder
-  if importlib.util.find_spec("tensorflow") is None:
+  try:
+    import tensorflow  # pylint: disable=g-import-not-at-top,unused-import
+  except ImportError as e:
     raise DataError(
         f"preparing TFDS {name} in {builder.data_dir} needs TensorFlow, which is not "
         f"installed: pip install 'jaxrobust[tfds]' (or point config.data.data_dir at a data "
-        f"dir where `tfds build {name} --file_format=array_record` was run)")
+        f"dir where `tfds build {name} --file_format=array_record` was run)") from e
   builder.download_and_prepare(file_format="array_record",
                                download_config=_tfds_download_config())
   return builder
@@ -254,24 +255,36 @@ def resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
   return out[..., None] if squeeze else out
 
 
-def read_records(src, n: int, image_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def read_records(src, n: int, image_size: int = 0, chunk: int = 1024
+                 ) -> tuple[np.ndarray, np.ndarray]:
   """The first ``n`` ``{'image', 'label'}`` records of a TFDS data source as arrays.
 
-  ``image_size > 0`` brings every image to ``[image_size, image_size, C]`` with
-  :func:`resize_center_crop` (sets of varying image size).
+  Reads ``chunk`` records per ``src.__getitems__`` call where the source has it (TFDS's
+  ``ArrayRecordDataSource``: a few times faster than one record at a time), else
+  ``src[i]``. ``image_size > 0`` brings every image to ``[image_size, image_size, C]``
+  with :func:`resize_center_crop` (sets of varying image size).
   """
   def image(item):
     x = np.asarray(item["image"])
     return resize_center_crop(x, image_size) if image_size else x
 
-  first = src[0]
-  shape = image(first).shape
-  images = np.empty((n,) + shape, np.uint8)
-  labels = np.empty((n,), np.int32)
-  for i in range(n):
-    item = first if i == 0 else src[i]
-    images[i] = image(item)
-    labels[i] = item["label"]
+  def items(start):
+    keys = list(range(start, min(start + chunk, n)))
+    if hasattr(src, "__getitems__"):
+      return src.__getitems__(keys)
+    return [src[i] for i in keys]
+
+  images = labels = None
+  for start in range(0, n, chunk):
+    for i, item in enumerate(items(start), start):
+      x = image(item)
+      if images is None:
+        images = np.empty((n,) + x.shape, np.uint8)
+        labels = np.empty((n,), np.int32)
+      images[i] = x
+      labels[i] = item["label"]
+  if images is None:
+    raise DataError("the TFDS split has no records")
   return images, labels
 
 
