@@ -34,8 +34,7 @@ class DatasetInfo:
 
 
 # TFDS: cifar10, cifar100, mnist, svhn_cropped have fixed shapes. imagenette (TFDS's
-# default 'full-size-v2' config, and the smaller downloads '320px-v2' / '160px-v2' whose
-# shorter side is 320 / 160 px) has RGB images of varying size and 10 classes (TFDS's
+# default 'full-size-v2' config) has RGB images of varying size and 10 classes (TFDS's
 # ``DatasetInfo``: Image(shape=(None, None, 3)), ClassLabel(10)); the loader resizes and
 # center-crops them to config.data.image_size and the trainer records that shape.
 DATASETS: dict[str, DatasetInfo] = {
@@ -44,8 +43,6 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", (28, 28, 1), 10),
     "svhn_cropped": DatasetInfo("svhn_cropped", (32, 32, 3), 10),
     "imagenette": DatasetInfo("imagenette", None, 10),
-    "imagenette/320px-v2": DatasetInfo("imagenette/320px-v2", None, 10),
-    "imagenette/160px-v2": DatasetInfo("imagenette/160px-v2", None, 10),
 }
 
 # name -> K, derived from DATASETS (kept importable as jaxrobust.data.NUM_CLASSES).

@@ -30,10 +30,9 @@ from jaxrobust.errors import DataError
 
 ENV_DATA_DIR = "JAXROBUST_DATA_DIR"
 NUMPY_DATASETS = ("cifar10", "mnist")  # bundled in ../shared/data.
-TFDS_DATASETS = ("cifar10", "cifar100", "mnist", "svhn_cropped", "imagenette",
-                 "imagenette/320px-v2", "imagenette/160px-v2")
+TFDS_DATASETS = ("cifar10", "cifar100", "mnist", "svhn_cropped", "imagenette")
 # Our split name -> the TFDS split, for sets that name theirs differently.
-TFDS_SPLITS = {n: {"test": "validation"} for n in TFDS_DATASETS if n.startswith("imagenette")}
+TFDS_SPLITS = {"imagenette": {"test": "validation"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +136,7 @@ def prepare_tfds(name: str, data_dir: str | os.PathLike | None = None):
   'jaxrobust[tfds]'``); reading a prepared dataset does not need it.
 
   Args:
-    name: a TFDS name from :data:`TFDS_DATASETS` (``'name/config'`` allowed).
+    name: a TFDS name from :data:`TFDS_DATASETS`.
     data_dir: TFDS data dir; None for TFDS's default (``$TFDS_DATA_DIR`` or
       ``~/tensorflow_datasets``).
 

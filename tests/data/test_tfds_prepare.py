@@ -186,15 +186,15 @@ def test_archive_with_wrong_checksum_is_refused(tmp_path, data_dir):
 
 
 def _imagenette_archive(folder, wnids):
-  """A tiny ``imagenette2-320.tgz`` (official layout: imagenette2-320/{train,val}/<wnid>/*.JPEG).
+  """A tiny ``imagenette2.tgz`` (official layout: imagenette2/{train,val}/<wnid>/*.JPEG).
 
   Image k of class c is ``w x h`` with its left half one flat colour and its right half
   another, so the center crop is known: returns {(split, label): [(left_rgb, right_rgb)]}.
   """
   from PIL import Image  # pylint: disable=g-import-not-at-top
   expected = {}
-  root = folder / "src" / "imagenette2-320"
-  sizes = [(480, 320), (400, 320), (427, 320)]  # (w, h): landscape, shorter side 320.
+  root = folder / "src" / "imagenette2"
+  sizes = [(480, 320), (400, 300), (427, 350)]  # (w, h): landscape, of varying size.
   for split, per_class in (("train", 2), ("val", 1)):
     for c, wnid in enumerate(wnids[:3]):
       (root / split / wnid).mkdir(parents=True)
@@ -206,14 +206,14 @@ def _imagenette_archive(folder, wnids):
         img[:, : w // 2], img[:, w // 2:] = left, right
         Image.fromarray(img).save(root / split / wnid / f"{wnid}_{k}.JPEG", quality=95)
         expected.setdefault((split, c), []).append((left, right))
-  with tarfile.open(folder / "imagenette2-320.tgz", "w:gz") as tar:
-    tar.add(root, arcname="imagenette2-320")
-  return folder / "imagenette2-320.tgz", expected
+  with tarfile.open(folder / "imagenette2.tgz", "w:gz") as tar:
+    tar.add(root, arcname="imagenette2")
+  return folder / "imagenette2.tgz", expected
 
 
 @pytest.mark.slow
 def test_imagenette_prepared_and_center_cropped(tmp_path):
-  """imagenette/320px-v2 through the same path; images come out 224x224, labels by folder."""
+  """imagenette through the same path; images come out 224x224, labels by folder."""
   _need_tensorflow()
   names = (pathlib.Path(tfds.__file__).parent / "image_classification" /
            "imagenette_labels.txt").read_text().split()
@@ -224,7 +224,7 @@ def test_imagenette_prepared_and_center_cropped(tmp_path):
   code = ("import numpy as np, sys\n"
           "from jaxrobust.data import load_split\n"
           "for split in ('train', 'test'):\n"
-          f"  ds = load_split('imagenette/320px-v2', split, 'tfds', {str(tfds_dir)!r}, 224)\n"
+          f"  ds = load_split('imagenette', split, 'tfds', {str(tfds_dir)!r}, 224)\n"
           f"  np.savez({str(tmp_path)!r} + f'/{{split}}.npz', images=ds.images, labels=ds.labels)\n")
   with tfds_archives.serve(served) as (base, _):
     tfds_archives.write_checksums(checksums / "jaxrobust_mirror.txt", base,
@@ -238,7 +238,7 @@ def test_imagenette_prepared_and_center_cropped(tmp_path):
     assert images.shape == (sum(map(len, want.values())), 224, 224, 3)
     assert sorted(labels.tolist()) == sorted(c for c, v in want.items() for _ in v)
     for x, c in zip(images.astype(int), labels):
-      # Shorter side 320 -> 224, center 224 columns: the left 112 columns show the left
+      # Shorter side -> 224, center 224 columns: the left 112 columns show the left
       # colour, the right 112 the right one (JPEG and the bilinear edge: a few levels).
       got = (x[:, 4:100].mean((0, 1)), x[:, 124:220].mean((0, 1)))
       assert any(np.abs(got[0] - l).max() < 4 and np.abs(got[1] - r).max() < 4

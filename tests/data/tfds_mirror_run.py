@@ -5,7 +5,7 @@
 
 Changes nothing in TFDS but where its cifar10, mnist and imagenette builders download from
 (``BASE_URL/cifar-10-binary.tar.gz``, ``BASE_URL/mnist/<idx file>.gz``,
-``BASE_URL/imagenette2-320.tgz``, ...); the mirror's
+``BASE_URL/imagenette2.tgz``, ...); the mirror's
 checksums are registered from ``CHECKSUMS_DIR`` with ``tfds.core.download.add_checksums_dir``
 (TFDS's way for datasets whose URLs are not in its own checksum files), before any download
 manager exists. Everything else -- download, checksum verification, extraction, preparation,
