@@ -33,8 +33,10 @@ class DatasetInfo:
     return None if self.image_shape is None else self.image_shape[-1]
 
 
-# TFDS: cifar10, cifar100, mnist, svhn_cropped have fixed shapes; imagenette's
-# default 'full-size' config has images of varying size.
+# TFDS: cifar10, cifar100, mnist, svhn_cropped have fixed shapes. imagenette (TFDS's
+# default 'full-size-v2' config) has RGB images of varying size and 10 classes (TFDS's
+# ``DatasetInfo``: Image(shape=(None, None, 3)), ClassLabel(10)); the loader resizes and
+# center-crops them to config.data.image_size and the trainer records that shape.
 DATASETS: dict[str, DatasetInfo] = {
     "cifar10": DatasetInfo("cifar10", (32, 32, 3), 10),
     "cifar100": DatasetInfo("cifar100", (32, 32, 3), 100),

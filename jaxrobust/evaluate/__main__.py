@@ -131,7 +131,8 @@ def main(argv):
   trained = load_trained(workdir, which, step, use_ema=_EMA.value)
   config = trained.config
   eps, norm = threat_model(config, _EPS.value, _NORM.value)
-  test = load_split(config.data.name, "test", config.data.source, config.data.data_dir or None)
+  test = load_split(config.data.name, "test", config.data.source, config.data.data_dir or None,
+                    config.data.get("image_size", 0))
   test = exact_subset(test, _N.value)
   mesh = parallel.make_mesh(config.num_devices or None)
   batch = _BATCH.value or config.eval.batch_size

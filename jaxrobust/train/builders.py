@@ -29,7 +29,8 @@ def build_splits(config, with_test: bool = True) -> Splits:
       ``config.data.image_shape``.
   """
   d = config.data
-  full = load_split(d.name, "train", d.source, d.data_dir or None)
+  image_size = d.get("image_size", 0)
+  full = load_split(d.name, "train", d.source, d.data_dir or None, image_size)
   check_image_shape(dataset_info(d.name), full.image_shape)
   recorded = tuple(d.get("image_shape", ()) or ())
   if recorded and tuple(full.image_shape) != recorded:
@@ -41,7 +42,7 @@ def build_splits(config, with_test: bool = True) -> Splits:
     train_idx = np.sort(rng.choice(train_idx, size=d.train_size, replace=False))
   test = None
   if with_test:
-    test = load_split(d.name, "test", d.source, d.data_dir or None)
+    test = load_split(d.name, "test", d.source, d.data_dir or None, image_size)
     if d.test_size:
       test = test.take(slice(0, d.test_size))
   return Splits(full.take(train_idx), full.take(val_idx), test)

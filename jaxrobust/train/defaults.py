@@ -53,6 +53,9 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   c.data.flip = True
   # (H, W, C); () = from the dataset's metadata. The trainer records the loaded shape.
   c.data.image_shape = ()
+  # Square side that sets of varying image size (TFDS imagenette) are resized and
+  # center-cropped to (e.g. 224); 0 keeps the stored size.
+  c.data.image_size = 0
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "preact_resnet18"

@@ -15,12 +15,13 @@ import pytest
 from benchmarks.resolved_configs import VARIANTS, load_config, rift_settings, train_settings
 
 EXPECTED = json.loads((pathlib.Path(__file__).parent / "resolved_configs.json").read_text())
-# Keys added with the optimiser by name and the dataset metadata; these values
+# Keys added with the optimiser by name and the dataset metadata (shape, resize); these values
 # build exactly the previous SGD optimiser and read the shape from the data.
 NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0.999],
                   "config.train.adam_eps": 1e-8, "config.train.clip_by_global_norm": 0.0,
                   "config.train.weight_decay_mask": "all", "config.train.boundaries_epochs": [],
-                  "config.train.cyclic_base_momentum": None, "config.data.image_shape": []}
+                  "config.train.cyclic_base_momentum": None, "config.data.image_shape": [],
+                  "config.data.image_size": 0}
 CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 
 
