@@ -16,8 +16,14 @@ logits on every evaluated point before the reference runs.
 * ``--impl torch --aa_path DIR``: the reference ``AutoAttack`` imported from
   ``DIR`` (a checkout of ``fra31/auto-attack``, passed on the command line,
   never vendored), ``run_standard_evaluation(x, y, bs=...)`` with
-  ``version='standard'``, eps 8/255, seed 0, ``verbose=True``; the per-attack
-  cumulative times are taken from the reference's own log lines.
+  ``version=--version`` (``standard`` or ``plus``), ``norm=--norm`` (L-inf,
+  eps 8/255, or L2, eps 0.5, by default), seed 0, ``verbose=True``; the
+  per-attack cumulative times are taken from the reference's own log lines.
+
+Attack names use jaxrobust's registry spelling (``apgd_ce``, ``fab_t``) in the
+arguments (hyphens are accepted) and in every key of the output, for both
+implementations; the reference's hyphen names are used only to call it and
+to read its log.
 * ``--impl both``: the two, one after the other, each in its own process (no
   shared thread pools; ``ru_maxrss`` of each process is its own peak memory).
 
@@ -35,12 +41,15 @@ Usage::
 
     python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref \
         --n 500 --out bench_aa.json
+    # the plus version, L2 (eps 0.5)
+    python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref \
+        --n 500 --version plus --norm l2 --out bench_aa_plus_l2.json
     # quick debug run: 20 points, custom attack list
     python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref --n 20 \
-        --attacks apgd-ce,apgd-t --square_queries 100
+        --attacks apgd_ce,apgd_t --square_queries 100
     # scaling note: PreAct-ResNet-18, APGD-CE only, 32 points
     python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref \
-        --model preact_resnet18 --n 32 --bs 32 --attacks apgd-ce
+        --model preact_resnet18 --n 32 --bs 32 --attacks apgd_ce
 
 Requires the ``bench`` extra (a CPU torch).
 """
@@ -61,7 +70,23 @@ EPS = 8 / 255
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
-STANDARD = ("apgd-ce", "apgd-t", "fab-t", "square")
+# Attack names in jaxrobust's registry spelling (underscores) everywhere in this
+# script and its output; the reference's spelling (hyphens) only where the
+# reference is called or its log is read.
+VERSIONS = {"standard": ("apgd_ce", "apgd_t", "fab_t", "square"),
+            "plus": ("apgd_ce", "apgd_dlr", "fab", "square", "apgd_t", "fab_t")}
+STANDARD = VERSIONS["standard"]
+DEFAULT_EPS = {"linf": EPS, "l2": 0.5}
+
+
+def canonical(name: str) -> str:
+  """An attack name in the registry's spelling: ``'apgd-ce'`` -> ``'apgd_ce'``."""
+  return name.strip().lower().replace("-", "_")
+
+
+def reference_name(name: str) -> str:
+  """The reference's spelling of an attack: ``'fab_t'`` -> ``'fab-t'``."""
+  return canonical(name).replace("_", "-")
 # Import the jaxrobust of the tree this script lives in, whatever an editable
 # install of another copy registered.
 if REPO_ROOT not in sys.path:
@@ -350,10 +375,11 @@ def run_torch(args) -> dict:
   from autoattack import AutoAttack  # pylint: disable=g-import-not-at-top
   import autoattack as aa_mod  # pylint: disable=g-import-not-at-top
   attacks = _attack_list(args)
-  standard = tuple(attacks) == STANDARD
-  kw = {} if standard else dict(version="custom", attacks_to_run=list(attacks))
-  adversary = AutoAttack(model, norm="Linf", eps=args.eps, seed=args.seed, verbose=True,
-                         device="cpu", **kw)
+  standard = tuple(attacks) == VERSIONS[args.version]
+  kw = (dict(version=args.version) if standard else
+        dict(version="custom", attacks_to_run=[reference_name(a) for a in attacks]))
+  adversary = AutoAttack(model, norm={"linf": "Linf", "l2": "L2"}[args.norm], eps=args.eps,
+                         seed=args.seed, verbose=True, device="cpu", **kw)
   if not standard:  # custom: the standard version's settings
     adversary.apgd.n_restarts = 1
     adversary.apgd_targeted.n_target_classes = 9
@@ -376,12 +402,13 @@ def run_torch(args) -> dict:
     pred = torch.cat([model(x_adv[lo:lo + args.bs]) for lo in range(0, len(x), args.bs)])
   robust = (pred.argmax(-1) == yt).numpy()
   linf = float((x_adv - xt).abs().max())
+  l2 = float((x_adv - xt).reshape(len(xt), -1).norm(dim=1).max())
   ra, secs, prev = {}, {}, 0.0
   clean = None
   for _, s in lines:
     m = _LOG_AFTER.search(s)
     if m:
-      name = m.group(1).lower()
+      name = canonical(m.group(1))
       ra[name] = round(float(m.group(2)) / 100.0 * len(x)) / len(x)  # the log rounds
       secs[name] = round(float(m.group(3)) - prev, 2)
       prev = float(m.group(3))
@@ -391,12 +418,13 @@ def run_torch(args) -> dict:
   return dict(
       impl="torch (fra31/auto-attack)", aa_path=os.path.abspath(args.aa_path),
       aa_commit=_git_head(args.aa_path), aa_module=os.path.abspath(aa_mod.__file__),
+      version=args.version if standard else "custom", norm=args.norm,
       attacks=list(attacks), n=len(x), bs=args.bs, eps=args.eps, seed=args.seed,
       threads=torch.get_num_threads(), interop_threads=torch.get_num_interop_threads(),
       logits_max_abs_diff=diff, argmax_agreement=agree, model_info=info,
       robust_accuracy=dict({"clean": clean}, **ra), seconds=secs,
       seconds_attacks=round(prev, 2), seconds_total=round(total, 2),
-      final_robust_accuracy=float(robust.mean()), max_linf=linf,
+      final_robust_accuracy=float(robust.mean()), max_linf=linf, max_l2=l2,
       robust_flags="".join("1" if r else "0" for r in robust),
       export_seconds=round(export_s, 1), peak_rss_mib=round(peak_rss_mib(), 1),
       foreign_cpu_s=round(load.foreign_cpu_s, 1), foreign_load=round(load.foreign_load, 3),
@@ -476,20 +504,21 @@ def run_jax(args) -> dict:
   supported = []
   for a in attacks:
     try:
-      orig_attack_fn(a, aa.AutoAttackSettings.for_version(args.eps, version="custom",
-                                                          attacks=[a]))
+      orig_attack_fn(a, aa.AutoAttackSettings.for_version(args.eps, args.norm,
+                                                          version="custom", attacks=[a]))
       supported.append(a)
     except (AttributeError, ImportError, NotImplementedError) as e:
       print(f"jaxrobust cascade does not support {a!r} yet ({type(e).__name__}: {e})",
             file=sys.stderr)
-  standard = tuple(attacks) == STANDARD and supported == list(attacks)
+  standard = tuple(attacks) == VERSIONS[args.version] and supported == list(attacks)
   notes = []
   with LoadMeter() as load:
     t0 = time.time()
     if supported == list(attacks):
-      s = (aa.AutoAttackSettings.for_version(args.eps, **overrides) if standard else
-           aa.AutoAttackSettings.for_version(args.eps, version="custom", attacks=attacks,
-                                             **overrides))
+      s = (aa.AutoAttackSettings.for_version(args.eps, args.norm, args.version, **overrides)
+           if standard else
+           aa.AutoAttackSettings.for_version(args.eps, args.norm, version="custom",
+                                             attacks=attacks, **overrides))
       res = aa.run_autoattack(logits_fn, x, y, s, batch_size=args.bs, seed=args.seed,
                               progress=False)
       ra, secs, robust = dict(res.robust_accuracy), dict(res.seconds), res.robust
@@ -497,9 +526,9 @@ def run_jax(args) -> dict:
       version = s.version
     else:
       missing = [a for a in attacks if a not in supported]
-      if missing != ["fab-t"] or args.jax_fab == "skip":
-        s = aa.AutoAttackSettings.for_version(args.eps, version="custom", attacks=supported,
-                                              **overrides)
+      if missing != ["fab_t"] or args.jax_fab == "skip":
+        s = aa.AutoAttackSettings.for_version(args.eps, args.norm, version="custom",
+                                              attacks=supported, **overrides)
         res = aa.run_autoattack(logits_fn, x, y, s, batch_size=args.bs, seed=args.seed,
                                 progress=False)
         ra, secs, robust, x_adv = (dict(res.robust_accuracy), dict(res.seconds), res.robust,
@@ -518,14 +547,17 @@ def run_jax(args) -> dict:
                      "(_fab.autoattack_pass) does not exist yet")
     total = time.time() - t0
   linf = float(np.abs(x_adv - x).max())
+  l2 = float(np.sqrt(np.sum((x_adv - x).reshape(len(x), -1).astype(np.float64) ** 2,
+                            axis=1)).max())
   return dict(
-      impl="jaxrobust", version=version, attacks=list(attacks), n=len(x), bs=args.bs,
+      impl="jaxrobust", version=version, norm=args.norm, attacks=list(attacks), n=len(x),
+      bs=args.bs,
       eps=args.eps, seed=args.seed, model_info=info, notes=notes,
       robust_accuracy=ra, seconds={k: round(v, 2) for k, v in secs.items()},
       seconds_attacks=round(sum(secs.values()), 2), seconds_total=round(total, 2),
       compile_seconds={k: round(v, 2) for k, v in compile_s.items()},
       compile_cache=os.environ.get("JAX_COMPILATION_CACHE_DIR"),
-      final_robust_accuracy=float(np.mean(robust)), max_linf=linf,
+      final_robust_accuracy=float(np.mean(robust)), max_linf=linf, max_l2=l2,
       robust_flags="".join("1" if r else "0" for r in robust),
       peak_rss_mib=round(peak_rss_mib(), 1), threads=cpu_threads(),
       xla_flags=os.environ.get("XLA_FLAGS", ""),
@@ -540,7 +572,7 @@ def _jax_cascade_with_fab(args, aa, logits_fn, x, y, attacks, overrides, current
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from jaxrobust.attacks._fab import fab_targeted  # pylint: disable=g-import-not-at-top
-  i = attacks.index("fab-t")
+  i = attacks.index("fab_t")
   before, after = attacks[:i], attacks[i + 1:]
   n = len(x)
   ra, secs = {}, {}
@@ -548,7 +580,7 @@ def _jax_cascade_with_fab(args, aa, logits_fn, x, y, attacks, overrides, current
   x_adv = x.copy()
 
   def cascade(names, idx):
-    s = aa.AutoAttackSettings.for_version(args.eps, version="custom", attacks=names,
+    s = aa.AutoAttackSettings.for_version(args.eps, args.norm, version="custom", attacks=names,
                                           **overrides)
     res = aa.run_autoattack(logits_fn, x[idx], y[idx], s, batch_size=args.bs,
                             seed=args.seed, progress=False)
@@ -562,9 +594,9 @@ def _jax_cascade_with_fab(args, aa, logits_fn, x, y, attacks, overrides, current
     ra[k] = res.robust_accuracy[k]
     secs[k] = res.seconds[k]
 
-  current[0] = "fab-t"
+  current[0] = "fab_t"
   fab = jax.jit(lambda xb, yb, k: fab_targeted(logits_fn, k, xb, yb, eps=args.eps,
-                                               norm="linf", n_target_classes=9))
+                                               norm=args.norm, n_target_classes=9))
   predict = jax.jit(lambda xb: jnp.argmax(logits_fn(xb), -1))
   t0 = time.time()
   idx = np.flatnonzero(robust)
@@ -577,8 +609,8 @@ def _jax_cascade_with_fab(args, aa, logits_fn, x, y, attacks, overrides, current
     broken = pred != y[chunk]
     robust[chunk[broken]] = False
     x_adv[chunk[broken]] = adv[: len(chunk)][broken]
-  secs["fab-t"] = time.time() - t0
-  ra["fab-t"] = float(robust.mean())
+  secs["fab_t"] = time.time() - t0
+  ra["fab_t"] = float(robust.mean())
 
   if after:
     # Every point still robust is in ``idx``: the cumulative accuracy after a
@@ -593,7 +625,7 @@ def _jax_cascade_with_fab(args, aa, logits_fn, x, y, attacks, overrides, current
         ra[k] = res.robust_accuracy[k] * len(idx) / n
     else:
       for k in after:
-        secs[k], ra[k] = 0.0, ra["fab-t"]
+        secs[k], ra[k] = 0.0, ra["fab_t"]
   return ra, secs, robust, x_adv
 
 
@@ -609,15 +641,17 @@ def _arch(args) -> str:
 
 
 def _attack_list(args):
-  if args.attacks in ("", "standard"):
-    return list(STANDARD)
-  return [a.strip() for a in args.attacks.split(",") if a.strip()]
+  """The attacks, registry spelling: the version's list, or the ``--attacks`` list."""
+  if args.attacks in ("", "standard", "version", args.version):
+    return list(VERSIONS[args.version])
+  return [canonical(a) for a in args.attacks.split(",") if a.strip()]
 
 
 def _common_argv(args):
   return ["--workdir", args.workdir, "--which", args.which, "--n", str(args.n),
           "--bs", str(args.bs), "--model", args.model, "--model_seed", str(args.model_seed),
           "--eps", repr(args.eps), "--seed", str(args.seed), "--attacks", args.attacks,
+          "--version", args.version, "--norm", args.norm,
           "--square_queries", str(args.square_queries), "--threads", str(args.threads),
           "--jax_fab", args.jax_fab]
 
@@ -635,10 +669,14 @@ def parse_args(argv=None):
   p.add_argument("--model_seed", type=int, default=0)
   p.add_argument("--n", type=int, default=500, help="first n CIFAR-10 test points")
   p.add_argument("--bs", type=int, default=250)
-  p.add_argument("--eps", type=float, default=EPS)
+  p.add_argument("--eps", type=float, default=None,
+                 help="budget in pixel units (default 8/255 for linf, 0.5 for l2)")
+  p.add_argument("--version", choices=tuple(VERSIONS), default="standard")
+  p.add_argument("--norm", choices=tuple(DEFAULT_EPS), default="linf")
   p.add_argument("--seed", type=int, default=0)
-  p.add_argument("--attacks", default="standard",
-                 help="'standard' or a comma list (a custom cascade, standard settings)")
+  p.add_argument("--attacks", default="version",
+                 help="'version' (the --version's list) or a comma list (a custom cascade, "
+                      "standard settings); apgd_ce or apgd-ce")
   p.add_argument("--square_queries", type=int, default=5000)
   p.add_argument("--threads", type=int, default=cpu_threads(),
                  help="torch intra-op threads (XLA:CPU uses the CPUs of the affinity mask)")
@@ -649,7 +687,10 @@ def parse_args(argv=None):
                  help="JAX persistent compilation cache dir (a second run is 'warm')")
   p.add_argument("--export_to", default="")
   p.add_argument("--out", default="", help="write the JSON result here")
-  return p.parse_args(argv)
+  args = p.parse_args(argv)
+  if args.eps is None:
+    args.eps = DEFAULT_EPS[args.norm]
+  return args
 
 
 def main(argv=None) -> int:

@@ -81,6 +81,13 @@ def _apgd_loss(cfg):
     raise ConfigError(f"attack 'apgd': loss must be 'ce' or 'dlr', got {cfg['loss']!r}")
 
 
+def _square_settings(cfg):
+  _validator("square", norms=SQUARE_NORMS)(cfg)
+  if not isinstance(cfg.get("rescale_schedule", True), bool):
+    raise ConfigError(f"attack 'square': rescale_schedule must be true or false, got "
+                      f"{cfg['rescale_schedule']!r}")
+
+
 _APGD = {"eps", "norm", "num_steps", "num_restarts", "rho", "eot_iter", "unroll"}
 _FAB = {"eps", "norm", "num_steps", "num_restarts", "alpha_max", "eta", "beta"}
 _APGD_AA = AutoAttackHook(
@@ -130,14 +137,16 @@ BUILTIN = (
         "fab_t", fab_targeted, settings=_FAB | {"n_target_classes"},
         aliases=("fab-t", "fab_targeted"), validate=_validator("fab_t", norms=FAB_NORMS),
         autoattack=AutoAttackHook(settings={"num_steps": "fab_steps",
-                                            "num_restarts": "fab_restarts",
+                                            "num_restarts": "fab_t_restarts",
                                             "n_target_classes": "fab_t_targets"}),
         doc="FAB-T, targeted FAB"),
     AttackSpec(
-        "square", square, settings={"eps", "norm", "n_queries", "p_init", "num_restarts"},
-        validate=_validator("square", norms=SQUARE_NORMS),
+        "square", square,
+        settings={"eps", "norm", "n_queries", "p_init", "num_restarts", "rescale_schedule"},
+        validate=_square_settings,
         autoattack=AutoAttackHook(settings={"n_queries": "square_queries",
-                                            "num_restarts": "square_restarts"}),
+                                            "num_restarts": "square_restarts",
+                                            "rescale_schedule": "square_rescale_schedule"}),
         doc="Square attack (Andriushchenko et al. 2020), score-based"),
     AttackSpec(
         "trades_l2", trades_l2_inner_max, settings={"eps", "step_size", "num_steps"},

@@ -1,9 +1,10 @@
 """Square attack (Andriushchenko et al. 2020), score-based, L-inf and L2.
 
 Reference semantics: the AutoAttack implementation ``fra31/auto-attack``,
-``autoattack/square.py`` (``SquareAttack`` with its defaults ``loss='margin'``,
-``resc_schedule=True``, untargeted), re-expressed as a pure, fixed-shape JAX
-function.
+``autoattack/square.py`` (``SquareAttack`` with ``loss='margin'``, untargeted;
+``resc_schedule`` is the setting ``rescale_schedule``: True, the reference's
+default, for the standalone attack; False inside AutoAttack, as the reference
+builds it), re-expressed as a pure, fixed-shape JAX function.
 
 Sign convention: the attack MINIMISES the margin ``z_y - max_{j != y} z_j``
 of the true class, which is the same as MAXIMISING jaxrobust's
@@ -37,24 +38,30 @@ _P_SCHEDULE = ((10, 2), (50, 4), (200, 8), (500, 16), (1000, 32), (2000, 64),
                (4000, 128), (6000, 256), (8000, 512))
 
 
-def p_selection(it: int, n_queries: int = 5000, p_init: float = 0.8) -> float:
+def p_selection(it: int, n_queries: int = 5000, p_init: float = 0.8,
+                rescale_schedule: bool = True) -> float:
   """Fraction ``p`` of the image area covered by the square at iteration ``it``.
 
-  The reference schedule (``SquareAttack.p_selection`` with
-  ``resc_schedule=True``): ``it`` is first rescaled to a 10000-query budget,
-  ``int(it / n_queries * 10000)``, then ``p = p_init / d`` with ``d = 2, 4, 8,
-  ..., 512`` once the rescaled iteration exceeds 10, 50, 200, 500, 1000, 2000,
-  4000, 6000, 8000 respectively (``p = p_init`` up to 10 included).
+  The reference schedule (``SquareAttack.p_selection``): ``p = p_init / d``
+  with ``d = 2, 4, 8, ..., 512`` once the iteration exceeds 10, 50, 200, 500,
+  1000, 2000, 4000, 6000, 8000 respectively (``p = p_init`` up to 10
+  included). With ``rescale_schedule`` (the reference's ``resc_schedule=True``,
+  its default and the standalone attack's) ``it`` is first rescaled to a
+  10000-query budget, ``int(it / n_queries * 10000)``; without it (what
+  AutoAttack builds, ``autoattack.py``: ``resc_schedule=False``) the
+  thresholds apply to ``it`` itself, so with 5,000 queries ``p`` only comes
+  down to ``p_init / 128``.
 
   Args:
     it: query index, 0-based (Python int).
-    n_queries: the attack's query budget (> 0).
+    n_queries: the attack's query budget (> 0); unused without rescaling.
     p_init: initial fraction (0 < p_init <= 1).
+    rescale_schedule: rescale ``it`` to the 10000-query scale.
 
   Returns:
     ``p`` as a Python float.
   """
-  scaled = int(it / n_queries * 10000)
+  scaled = int(it / n_queries * 10000) if rescale_schedule else int(it)
   p = p_init
   for threshold, divisor in _P_SCHEDULE:
     if scaled > threshold:
@@ -210,9 +217,9 @@ def _init(rng, x, eps, norm):
   return jnp.clip(x + eps * delta / (_l2n(delta, (1, 2, 3)) + 1e-12), 0.0, 1.0)
 
 
-def _schedule(n_queries, p_init, h, w, norm):
+def _schedule(n_queries, p_init, h, w, norm, rescale_schedule=True):
   """Static tables: distinct sides ``[L]`` int32, level per iteration ``[N]`` int32."""
-  sizes = [square_size(p_selection(i, n_queries, p_init), h, w, norm)
+  sizes = [square_size(p_selection(i, n_queries, p_init, rescale_schedule), h, w, norm)
            for i in range(n_queries)]
   uniq = sorted(set(sizes)) or [1]  # n_queries = 0: no loop, placeholder tables
   index = {s: k for k, s in enumerate(uniq)}
@@ -238,11 +245,12 @@ def _place(pattern_table, level, r, c, flip, h, w):
 
 
 def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
-                record=False):
+                rescale_schedule=True, record=False):
   """One Square run of ``n_queries`` queries after the starting point.
 
   Args:
-    logits_fn, x, y, eps, norm, n_queries, p_init: as :func:`square`.
+    logits_fn, x, y, eps, norm, n_queries, p_init, rescale_schedule: as
+      :func:`square`.
     rng: PRNG key of this run.
     active: bool ``[B]``: examples to attack; the others are never updated
       (their entries in the result are meaningless).
@@ -254,7 +262,7 @@ def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
     best margin after ``i`` queries past the start).
   """
   b, h, w, c = x.shape
-  sides_np, levels_np = _schedule(n_queries, p_init, h, w, norm)
+  sides_np, levels_np = _schedule(n_queries, p_init, h, w, norm, rescale_schedule)
   sides, levels = jnp.asarray(sides_np), jnp.asarray(levels_np)
   if norm == "l2":  # eta(s) for every side in use, zero-padded: [L, S, S].
     smax = int(sides_np.max())
@@ -315,7 +323,7 @@ def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
 
 def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
            eps: float, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8,
-           num_restarts: int = 1) -> jax.Array:
+           num_restarts: int = 1, rescale_schedule: bool = True) -> jax.Array:
   """Square attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient
   black-box adversarial attack via random search"), untargeted, margin loss.
 
@@ -330,13 +338,16 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
   ``z_y - max_{j != y} z_j``. Equivalently Square MAXIMISES jaxrobust's
   ``margin_loss`` (``max_{j != y} z_j - z_y``), the library's sign convention
   for attack objectives. The side ``s = max(round(sqrt(p * H * W)), 1)`` (L2:
-  at least 3 and odd) follows the schedule :func:`p_selection`. Only examples
+  at least 3 and odd) follows the schedule :func:`p_selection`, rescaled to
+  the query budget or not (``rescale_schedule``). Only examples
   with margin > 0 are updated; the loop stops when none is left.
 
   Reference: ``fra31/auto-attack``, ``autoattack/square.py``
   (``SquareAttack.perturb``, defaults ``loss='margin'``, ``resc_schedule=True``,
-  untargeted); AutoAttack's standard setting is ``n_queries=5000,
-  p_init=0.8, num_restarts=1``.
+  untargeted); AutoAttack builds it with ``n_queries=5000, p_init=0.8,
+  num_restarts=1, resc_schedule=False`` (``autoattack/autoattack.py``), in
+  both its ``standard`` and ``plus`` versions; the AutoAttack cascade
+  (:mod:`jaxrobust.evaluate.autoattack`) passes ``rescale_schedule=False``.
 
   Deliberate differences from the reference:
 
@@ -348,8 +359,7 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
     signs are already per example. Each example thus runs the paper's
     per-image random search, whatever else is in its batch.
   * Only the reference's AutoAttack configuration: untargeted, margin loss
-    (its ``loss='ce'`` and ``targeted=True`` are not implemented), always
-    with the rescaled schedule (``resc_schedule=True``).
+    (its ``loss='ce'`` and ``targeted=True`` are not implemented).
   * Examples the attack fails to fool are returned at their best point (the
     lowest margin found, still correctly classified) where the reference's
     ``perturb`` returns the clean ``x``; robust accuracy is the same. With
@@ -380,6 +390,10 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
     n_queries: iterations (queries) per restart after the starting point; >= 0.
     p_init: initial fraction of the image area per square, in (0, 1].
     num_restarts: independent runs (>= 1).
+    rescale_schedule: read the p schedule on the 10000-query scale after
+      rescaling the iteration to ``n_queries`` (True, the reference's default
+      ``resc_schedule=True``), or on the iteration itself (False, AutoAttack's
+      setting).
 
   Returns:
     float32 ``x_adv`` like ``x`` (``stop_gradient``-ed): within eps of ``x``
@@ -415,7 +429,8 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
     best_x, best_m = carry
     active = best_m > 0.0
     x_r, m_r = _square_run(logits_fn, jax.random.fold_in(rng, r), x, y, active, eps=eps,
-                           norm=norm, n_queries=n_queries, p_init=p_init)
+                           norm=norm, n_queries=n_queries, p_init=p_init,
+                           rescale_schedule=bool(rescale_schedule))
     take = active & (m_r < best_m)
     return jnp.where(take[:, None, None, None], x_r, best_x), jnp.where(take, m_r, best_m)
 

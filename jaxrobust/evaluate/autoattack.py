@@ -12,9 +12,13 @@ run_standard_evaluation``) and ``checks.py``. The cascade:
 
 Versions: ``standard`` = APGD-CE (1 restart) -> APGD-T (9 targets) -> FAB-T
 (9 targets) -> Square (5,000 queries); ``plus`` = APGD-CE x5, APGD-DLR x5,
-FAB x5, Square x5, APGD-T, FAB-T; ``rand`` = APGD-CE, APGD-DLR with EOT 20
-(for randomised defences); ``custom`` = any list of attacks registered with
-an AutoAttack hook.
+FAB x5, Square (1 restart), APGD-T (9 targets), FAB-T (9 targets, 1 restart):
+as in the reference's ``set_version``, whose ``fab-t`` branch sets
+``fab.n_restarts = 1``; ``rand`` = APGD-CE, APGD-DLR with EOT 20 (for
+randomised defences); ``custom`` = any list of attacks registered with an
+AutoAttack hook. Square runs with the p schedule read on the iteration itself,
+not rescaled to its 5,000 queries (the reference builds it with
+``resc_schedule=False``), in every version.
 
 The attacks come from the attack registry (:mod:`jaxrobust.attacks.registry`):
 each cascade entry is a registered attack with an
@@ -107,9 +111,13 @@ class AutoAttackSettings:
     version: ``'standard'``, ``'plus'``, ``'rand'`` or ``'custom'``.
     attacks: the cascade, registry names in order.
     apgd_restarts, apgd_steps, apgd_t_targets, fab_restarts, fab_steps,
-    fab_t_targets, square_queries, square_restarts, eot_iter: the attacks'
-      settings (each registered attack's :class:`AutoAttackHook` names the
-      fields it reads).
+    fab_t_targets, fab_t_restarts, square_queries, square_restarts,
+    square_rescale_schedule, eot_iter: the attacks' settings (each registered
+      attack's :class:`AutoAttackHook` names the fields it reads).
+      ``fab_restarts`` is untargeted FAB's, ``fab_t_restarts`` FAB-T's (the
+      reference runs FAB-T with 1 restart in every version);
+      ``square_rescale_schedule=False`` is the reference's
+      ``resc_schedule=False``.
   """
   eps: float
   norm: str = "linf"
@@ -121,8 +129,10 @@ class AutoAttackSettings:
   fab_restarts: int = 1
   fab_steps: int = 100
   fab_t_targets: int = 9
+  fab_t_restarts: int = 1
   square_queries: int = 5000
   square_restarts: int = 1
+  square_rescale_schedule: bool = False
   eot_iter: int = 1
 
   @classmethod
@@ -158,7 +168,9 @@ class AutoAttackSettings:
     attacks = canonical_attack_names(attacks)
     kw = dict(eps=float(eps), norm=norm, version=version, attacks=tuple(attacks))
     if version == "plus":
-      kw.update(apgd_restarts=5, fab_restarts=5, square_restarts=5)
+      # Reference set_version('plus'): APGD (CE and DLR) and untargeted FAB
+      # x5; Square keeps its 1 restart and FAB-T runs with 1 (fab-t branch).
+      kw.update(apgd_restarts=5, fab_restarts=5)
     if version == "rand":
       kw.update(eot_iter=20)
     kw.update(overrides)

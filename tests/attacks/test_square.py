@@ -35,6 +35,73 @@ def _margin(logits_fn, x, y):
 # --- the reference's schedule and patterns, by hand ------------------------------------
 
 
+def _ref_p_selection(it, n_queries, p_init, rescale):
+  """The reference's ``SquareAttack.p_selection``, branch by branch."""
+  if rescale:
+    it = int(it / n_queries * 10000)
+  if 10 < it <= 50:
+    return p_init / 2
+  if 50 < it <= 200:
+    return p_init / 4
+  if 200 < it <= 500:
+    return p_init / 8
+  if 500 < it <= 1000:
+    return p_init / 16
+  if 1000 < it <= 2000:
+    return p_init / 32
+  if 2000 < it <= 4000:
+    return p_init / 64
+  if 4000 < it <= 6000:
+    return p_init / 128
+  if 6000 < it <= 8000:
+    return p_init / 256
+  if 8000 < it:
+    return p_init / 512
+  return p_init
+
+
+@pytest.mark.parametrize("rescale", [True, False])
+@pytest.mark.parametrize("n_queries", [5000, 1000, 10000, 20000, 7])
+def test_p_selection_matches_reference_both_rules(rescale, n_queries):
+  for it in range(n_queries):
+    assert sq.p_selection(it, n_queries, 0.8, rescale) == _ref_p_selection(
+        it, n_queries, 0.8, rescale), it
+
+
+def test_p_selection_defaults_to_rescaled():
+  # The reference's own default (resc_schedule=True) for the standalone attack.
+  assert sq.p_selection(6, 5000, 0.8) == pytest.approx(0.4)
+  assert sq.p_selection(6, 5000, 0.8, rescale_schedule=False) == pytest.approx(0.8)
+
+
+@pytest.mark.parametrize("it,divisor", [
+    (0, 1), (10, 1),         # p_init up to 10 included
+    (11, 2), (50, 2),
+    (51, 4), (200, 4),
+    (201, 8), (500, 8),
+    (501, 16), (1000, 16),
+    (1001, 32), (2000, 32),
+    (2001, 64), (4000, 64),
+    (4001, 128), (4999, 128)])  # the last AutoAttack query: p_init / 128, never / 256
+def test_p_selection_autoattack_unrescaled(it, divisor):
+  # AutoAttack builds Square with resc_schedule=False: thresholds on the iteration itself.
+  assert sq.p_selection(it, 5000, 0.8, rescale_schedule=False) == pytest.approx(
+      0.8 / divisor, rel=1e-12)
+
+
+def test_schedule_tables_follow_the_rule():
+  # CIFAR-sized L-inf, 5000 queries: the unrescaled schedule's smallest square is
+  # round(sqrt(0.8 / 128 * 1024)) = 3 pixels; the rescaled one reaches 1 pixel.
+  sides_r, levels_r = sq._schedule(5000, 0.8, 32, 32, "linf", True)
+  sides_u, levels_u = sq._schedule(5000, 0.8, 32, 32, "linf", False)
+  assert sides_u[levels_u[-1]] == 3 and sides_r[levels_r[-1]] == 1
+  # Iteration 6: rescaled to 12 > 10 (p_init / 2, side 20), unrescaled 6 (p_init, side 29).
+  assert sides_r[levels_r[6]] == 20 and sides_u[levels_u[6]] == 29
+  # Iteration 26: rescaled to 52 > 50 (p_init / 4, side 14), unrescaled 26 (p_init / 2).
+  assert sides_r[levels_r[26]] == sq.square_size(0.2, 32, 32) == 14
+  assert sides_u[levels_u[26]] == 20
+
+
 @pytest.mark.parametrize("it,divisor", [
     (0, 1), (5, 1),          # rescaled to 0, 10: p_init (the rule is "10 < it")
     (6, 2), (25, 2),         # 12, 50
@@ -184,6 +251,60 @@ def test_l2_step_matches_reference():
     assert np.all(_l2(np.asarray(got) - x) <= eps * (1 + 1e-5))
 
 
+def _ref_l2_step_nchw(x, xb, vh, vw, vh2, vw2, s, eta_s, colour, eps, window_axes=(-2, -1)):
+  """NumPy transcription of the reference's L2 step (``square.py``, ``attack_single_run``,
+  L2 branch) in its own NCHW layout, one window pair for the batch as there.
+
+  ``window_axes``: the axes the window norms run over; the reference's ``(-2, -1)``
+  (per channel, over height and width), ``(-3, -2, -1)`` the joint alternative.
+  """
+  c = x.shape[1]
+  norm_all = lambda v: np.sqrt(np.sum(v ** 2, axis=(1, 2, 3), keepdims=True))
+  delta_curr = xb - x
+  norms_window_1 = np.sqrt(np.sum(delta_curr[:, :, vh:vh + s, vw:vw + s] ** 2,
+                                  axis=window_axes, keepdims=True))
+  mask_1 = np.zeros_like(x)
+  mask_1[:, :, vh:vh + s, vw:vw + s] = 1.0
+  mask_2 = np.zeros_like(x)
+  mask_2[:, :, vh2:vh2 + s, vw2:vw2 + s] = 1.0
+  norms_image = norm_all(delta_curr)
+  norms_windows = norm_all(delta_curr * np.maximum(mask_1, mask_2))
+  new_deltas = np.ones((x.shape[0], c, s, s)) * eta_s.reshape(1, 1, s, s) * colour
+  new_deltas = new_deltas + delta_curr[:, :, vh:vh + s, vw:vw + s] / (1e-12 + norms_window_1)
+  new_deltas = new_deltas / (1e-12 + np.sqrt(np.sum(new_deltas ** 2, axis=window_axes,
+                                                    keepdims=True))) * np.sqrt(
+      np.maximum(eps ** 2 - norms_image ** 2, 0.0) / c + norms_windows ** 2)
+  delta_curr = delta_curr.copy()
+  delta_curr[:, :, vh2:vh2 + s, vw2:vw2 + s] = 0.0
+  delta_curr[:, :, vh:vh + s, vw:vw + s] = new_deltas
+  return np.clip(x + delta_curr / (norm_all(delta_curr) + 1e-12) * eps, 0.0, 1.0)
+
+
+@pytest.mark.parametrize("s,level,flip", [(3, 1, False), (5, 2, True)])
+def test_l2_step_normalises_windows_per_channel(s, level, flip):
+  """L2 window norms per channel over height and width (reference ``square.py``:
+  ``sum(dim=(-2, -1))`` on ``[B, C, s, s]``), checked against the NCHW transcription;
+  the joint (H, W, C) normalisation gives a different point on the same data."""
+  eps = 0.5
+  gen, x, xb, colour = _step_data(7 + s, eps, "l2")
+  # Channels of different scales, so per-channel and joint norms disagree.
+  scale = np.array([1.0, 0.2, 3.0], np.float32)
+  xb = np.clip(x + (xb - x) * scale, 0, 1).astype(np.float32)
+  tables = np.zeros((3, 7, 7), np.float32)
+  tables[1, :3, :3], tables[2, :5, :5] = sq.eta(3), sq.eta(5)
+  vh, vw, vh2, vw2 = (int(v) for v in gen.integers(0, H - s + 1, 4))
+  rep = lambda v: np.full(B, v)
+  got = np.asarray(_l2_step(x, xb, rep(vh), rep(vw), rep(vh2), rep(vw2), s, tables, level,
+                            np.full(B, flip), colour, eps))
+  eta_s = sq.eta(s).T if flip else sq.eta(s)
+  nchw = lambda v: np.transpose(np.asarray(v, np.float64), (0, 3, 1, 2))
+  args = (nchw(x), nchw(xb), vh, vw, vh2, vw2, s, eta_s.astype(np.float64), nchw(colour), eps)
+  want = np.transpose(_ref_l2_step_nchw(*args), (0, 2, 3, 1))
+  np.testing.assert_allclose(got, want, atol=2e-5)
+  joint = np.transpose(_ref_l2_step_nchw(*args, window_axes=(-3, -2, -1)), (0, 2, 3, 1))
+  assert np.max(np.abs(joint - want)) > 1e-2
+
+
 # --- the search on a small conv net: invariants, monotone margins ----------------------
 
 
@@ -330,6 +451,23 @@ def test_restarts_keep_lowest_margin():
   assert np.all(_linf(three - x) <= eps["linf"] * (1 + 1e-6))
 
 
+def test_rescale_schedule_reaches_the_schedule(monkeypatch):
+  """``square(rescale_schedule=...)`` builds its side tables with that rule (default True)."""
+  seen = []
+  real = sq._schedule
+
+  def spy(*args):
+    seen.append(args[-1])
+    return real(*args)
+
+  monkeypatch.setattr(sq, "_schedule", spy)
+  logits_fn, x, y, eps = _linear_problem()
+  for kw in ({}, {"rescale_schedule": False}):
+    jax.eval_shape(functools.partial(square, logits_fn, eps=eps["linf"], n_queries=4, **kw),
+                   jax.random.PRNGKey(0), x, y)
+  assert seen == [True, False]
+
+
 def test_compiles_once():
   _, x, y, _ = _linear_problem()
   run = _linear_attack("linf", 1)
@@ -360,5 +498,8 @@ def test_registry():
   assert ATTACKS["square"] is square
   attack_from_config(dict(name="square", eps=8 / 255, norm="linf", n_queries=100,
                           p_init=0.8, num_restarts=1))
+  attack_from_config(dict(name="square", eps=8 / 255, rescale_schedule=False))
+  with pytest.raises(ConfigError, match="rescale_schedule"):
+    attack_from_config(dict(name="square", eps=8 / 255, rescale_schedule="no"))
   with pytest.raises(ConfigError, match="unknown setting"):
     attack_from_config(dict(name="square", eps=8 / 255, step_size=0.1))

@@ -153,7 +153,21 @@ def test_settings_and_checks():
   assert (s.apgd_restarts, s.apgd_t_targets, s.fab_t_targets, s.square_queries) == (1, 9, 9, 5000)
   plus = AutoAttackSettings.for_version(8 / 255, version="plus")
   assert plus.attacks == ("apgd_ce", "apgd_dlr", "fab", "square", "apgd_t", "fab_t")
-  assert (plus.apgd_restarts, plus.fab_restarts, plus.square_restarts) == (5, 5, 5)
+  # Reference set_version('plus'): APGD-CE, APGD-DLR and untargeted FAB x5; Square
+  # keeps n_restarts=1 and the fab-t branch sets fab.n_restarts = 1.
+  restarts = {name: aa.attack_settings(name, plus).get("num_restarts") for name in plus.attacks}
+  assert restarts == {"apgd_ce": 5, "apgd_dlr": 5, "fab": 5, "square": 1, "apgd_t": None,
+                      "fab_t": 1}
+  assert aa.attack_settings("apgd_t", plus)["n_target_classes"] == 9
+  assert aa.attack_settings("fab_t", plus)["n_target_classes"] == 9
+  # Passes of the cascade: APGD's restarts and APGD-T's targets; the others one call.
+  assert [aa._sub_runs(name, plus) for name in plus.attacks] == [5, 5, 1, 1, 9, 1]
+  # Square inside AutoAttack: the unrescaled p schedule (resc_schedule=False), every version.
+  for version in ("standard", "plus"):
+    cfg = aa.attack_settings("square", AutoAttackSettings.for_version(8 / 255, version=version))
+    assert cfg["rescale_schedule"] is False and cfg["n_queries"] == 5000
+    assert cfg["num_restarts"] == 1
+  assert aa.attack_settings("fab_t", s)["num_restarts"] == 1
   p = AutoAttackSettings.for_version(8 / 255, version="custom",
                                      attacks=("apgd-ce", "apgd-dlr", "square"), apgd_restarts=5)
   assert p.attacks[:2] == ("apgd_ce", "apgd_dlr") and p.apgd_restarts == 5
