@@ -447,7 +447,12 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
 
   fingerprint = {"eps": settings.eps, "norm": settings.norm, "attacks": list(settings.attacks),
                  "n": n, "seed": seed, "labels_sum": int(y.sum()),
-                 "x_sum": round(float(x.sum()), 3)}
+                 "x_sum": round(float(x.sum()), 3),
+                 # Every other setting (version, restarts, targets, queries, Square's
+                 # schedule, EOT): a state is resumed only under the settings it was made with.
+                 "settings": {k: (list(v) if isinstance(v, tuple) else v)
+                              for k, v in dataclasses.asdict(settings).items()
+                              if k not in ("eps", "norm", "attacks")}}
   restored = _load_state(state_dir, fingerprint) if state_dir else None
   first = x[:min(batch_size, n)]
   n_classes = int(np.asarray(call_logits(logits_fn, jnp.asarray(first[:2]),
