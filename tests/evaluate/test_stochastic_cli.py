@@ -47,18 +47,18 @@ def test_aa_rand_runs_on_a_trained_stochastic_model_and_standard_warns(tmp_path,
                 "--config.train.num_steps=2"])
   assert train.returncode == 0, train.stderr[-3000:]
   out = _run(["jaxrobust.evaluate", "--workdir", str(workdir), "--attacks", "clean,aa-rand",
-              "--n-examples", "50", "--out", str(tmp_path / "rand.json")])
+              "--n-examples", "8", "--out", str(tmp_path / "rand.json")])
   assert out.returncode == 0, out.stderr[-3000:]
   report = json.loads((tmp_path / "rand.json").read_text())
   acc = report["accuracy"]
-  assert set(acc) == {"clean", "aa-rand"} and report["n_examples"] == 50
+  assert set(acc) == {"clean", "aa-rand"} and report["n_examples"] == 8
   assert 0.0 <= acc["aa-rand"] <= 1.0
   aa = report["autoattack"]
   assert set(aa["robust_accuracy"]) == {"clean", "apgd_ce", "apgd_dlr"}
   assert not any("randomized defense" in w for w in aa["warnings"])
   # Plain AutoAttack on the same model: the reference's randomised-defence check warns.
   std = _run(["jaxrobust.evaluate", "--workdir", str(workdir), "--attacks", "aa_standard",
-              "--n-examples", "50", "--out", str(tmp_path / "std.json")])
+              "--n-examples", "4", "--out", str(tmp_path / "std.json")])
   assert std.returncode == 0, std.stderr[-3000:]
   assert "randomized defense" in std.stderr + std.stdout
   assert any("randomized defense" in w for w in
