@@ -32,6 +32,12 @@ from jaxrobust.errors import DataError
 from jaxrobust.models import ModelFns
 
 
+def as_float_images(images) -> jax.Array:
+  """uint8 images (0..255, as the data iterators give them) -> float32 in [0, 1]; float passes."""
+  x = jnp.asarray(images)
+  return to_float(x) if x.dtype == jnp.uint8 else x.astype(jnp.float32)
+
+
 def batch_statistics_fns(model_fns: ModelFns, params, batch_stats) -> ModelFns:
   """The same model with every BatchNorm momentum set to 0.
 
@@ -59,8 +65,8 @@ def recompute_batch_stats(model_fns: ModelFns, params, batch_stats,
     model_fns: the functional model (:class:`jaxrobust.models.ModelFns`).
     params: the weights (e.g. an SWA average or a soup).
     batch_stats: the model's BatchNorm state (structure, dtypes).
-    batches: one pass over training data: ``{'image': [B, H, W, C] uint8 or
-      float32 in [0, 1], 'label': int [B]}``, no padded rows (e.g. one epoch
+    batches: one pass over training data: ``{'image': [B, H, W, C] uint8
+      (0..255) or float32 in [0, 1], 'label': int [B]}``, no padded rows (e.g. one epoch
       of :class:`jaxrobust.data.TrainIterator`, augmented as in training).
     perturb: None for clean inputs (Chen et al.'s choice), else
       ``(logits_fn, key, x, y) -> x_adv``, an attack from
@@ -96,7 +102,7 @@ def recompute_batch_stats(model_fns: ModelFns, params, batch_stats,
     if "mask" in batch and not np.all(np.asarray(batch["mask"])):
       raise DataError("recompute_batch_stats got a batch with padded rows; pass full batches "
                       "(e.g. jaxrobust.data.TrainIterator, which drops the last partial one)")
-    x = to_float(jnp.asarray(batch["image"]))
+    x = as_float_images(batch["image"])
     y = jnp.asarray(batch["label"]).astype(jnp.int32)
     key = jax.random.fold_in(rng, k) if rng is not None else jax.random.PRNGKey(0)
     s = weighted(params, batch_stats, x, y, key)

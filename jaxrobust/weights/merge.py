@@ -31,6 +31,7 @@ import numpy as np
 
 from jaxrobust.errors import ConfigError
 from jaxrobust.utils.paths import named_leaves
+from jaxrobust.weights.bn import as_float_images
 
 
 def check_compatible(trees: Sequence[Any], what: str = "models") -> None:
@@ -254,7 +255,7 @@ def diagonal_fisher(model_fns, params, batch_stats, batches: Iterable[Mapping[st
   Args:
     model_fns: :class:`jaxrobust.models.ModelFns`.
     params, batch_stats: the model's weights.
-    batches: ``{'image': [B, H, W, C] uint8 or float32 in [0, 1], 'label':
+    batches: ``{'image': [B, H, W, C] uint8 (0..255) or float32 in [0, 1], 'label':
       int [B]}``; a ``'mask'`` (1 = real row) is honoured.
     labels: ``'expected'`` or ``'empirical'``.
 
@@ -266,7 +267,6 @@ def diagonal_fisher(model_fns, params, batch_stats, batches: Iterable[Mapping[st
   """
   if labels not in ("expected", "empirical"):
     raise ConfigError(f"labels={labels!r}; use 'expected' or 'empirical'")
-  from jaxrobust.data import to_float  # pylint: disable=g-import-not-at-top
 
   def log_probs(p, x):
     logits, _ = model_fns.apply(p, batch_stats, x[None], train=False)
@@ -289,7 +289,7 @@ def diagonal_fisher(model_fns, params, batch_stats, batches: Iterable[Mapping[st
 
   total, count = None, 0.0
   for batch in batches:
-    x = to_float(jnp.asarray(batch["image"]))
+    x = as_float_images(batch["image"])
     y = jnp.asarray(batch["label"]).astype(jnp.int32)
     mask = jnp.asarray(batch.get("mask", np.ones(y.shape[0])), jnp.float32)
     s = batch_sum(params, x, y, mask)

@@ -73,9 +73,9 @@ def swa_schedule(lr_init: float, swa_lr: float, swa_start: float, steps_per_epoc
   def schedule(step):
     epoch = jnp.floor_divide(jnp.asarray(step, jnp.int32), steps_per_epoch)
     t = epoch.astype(jnp.float32) / swa_start
-    factor = jnp.where(t <= 0.5, 1.0,
-                       jnp.where(t <= 0.9, 1.0 - (1.0 - ratio) * (t - 0.5) / 0.4, ratio))
-    return jnp.float32(lr_init) * factor
+    linear = lr_init * (1.0 - (1.0 - ratio) * (t - 0.5) / 0.4)
+    return jnp.where(t <= 0.5, jnp.float32(lr_init),
+                     jnp.where(t <= 0.9, linear, jnp.float32(swa_lr))).astype(jnp.float32)
 
   return schedule
 
