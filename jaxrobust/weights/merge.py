@@ -16,9 +16,10 @@ Sources:
   them by held-out accuracy (best first) and adds one at a time, keeping it only
   when the held-out metric of the running mean strictly improves.
 * Fisher-weighted averaging (Matena & Raffel, NeurIPS 2022, "Merging Models
-  with Fisher-Weighted Averaging", Eq. 3): ``theta* = sum_i lambda_i F_i theta_i
-  / sum_i lambda_i F_i`` element-wise, with ``F_i`` the diagonal Fisher
-  information of model ``i`` (:func:`diagonal_fisher`).
+  with Fisher-Weighted Averaging", Eq. 3; ``mmatena/model_merging``):
+  ``theta* = sum_i lambda_i F_i theta_i / sum_i lambda_i F_i`` element-wise,
+  with ``F_i`` the diagonal Fisher information of model ``i``
+  (:func:`diagonal_fisher`).
 """
 from __future__ import annotations
 
@@ -247,8 +248,8 @@ def diagonal_fisher(model_fns, params, batch_stats, batches: Iterable[Mapping[st
   ``F = (1/N) sum_n E_y [ (d log p(y | x_n) / d theta)^2 ]`` element-wise
   (Matena & Raffel 2022, Eq. 2). ``labels='expected'`` takes the exact
   expectation over the model's own prediction ``y ~ p(. | x_n)`` (one
-  per-example gradient per class, weighted by ``p(y | x_n)``; the paper's
-  choice); ``labels='empirical'`` uses the true label only (the "empirical
+  per-example gradient per class, weighted by ``p(y | x_n)``; the official
+  ``model_merging/fisher.py`` ``expectation_wrt_logits``); ``labels='empirical'`` uses the true label only (the "empirical
   Fisher"). Per-example gradients use the eval view (BatchNorm running
   averages), so they do not depend on the batch.
 
@@ -301,25 +302,31 @@ def diagonal_fisher(model_fns, params, batch_stats, batches: Iterable[Mapping[st
 
 
 def fisher_merge(trees: Sequence[Any], fishers: Sequence[Any],
-                 weights: Sequence[float] | None = None, fisher_floor: float = 1e-6):
+                 weights: Sequence[float] | None = None, fisher_floor: float = 1e-6,
+                 favor_target: bool = True, normalize: bool = True):
   """Fisher-weighted average ``sum_i w_i F_i theta_i / sum_i w_i F_i`` (element-wise).
 
-  Matena & Raffel 2022, Eq. 3, with ``F_i + fisher_floor`` in place of
-  ``F_i`` so that an element no model is sensitive to falls back to the
-  plain ``w``-weighted mean instead of 0/0 (the official code adds a floor
-  the same way). Merge BatchNorm statistics, which carry no Fisher, with
-  :func:`weighted_mean` (or recompute them).
+  Matena & Raffel 2022, Eq. 3, with the official code's details
+  (``mmatena/model_merging:model_merging/merging.py`` ``_merge_with_coeffs``,
+  defaults kept): ``F_i`` is replaced by ``max(F_i, fisher_floor)`` for the
+  first ("target") model only (``favor_target=True``) or for every model, so
+  that elements with no Fisher mass fall back to the target model (or the
+  weighted mean) instead of 0/0; with ``normalize`` each ``w_i`` is divided
+  by the L2 norm of model ``i``'s whole Fisher. Merge BatchNorm statistics,
+  which carry no Fisher, with :func:`weighted_mean` (or recompute them).
 
   Args:
-    trees: parameter pytrees of one architecture.
+    trees: parameter pytrees of one architecture; ``trees[0]`` is the target.
     fishers: their diagonal Fishers (:func:`diagonal_fisher`), same structure.
     weights: ``w_i >= 0`` (default all 1); ``(1 - alpha, alpha)`` gives a
       Fisher-weighted interpolation.
-    fisher_floor: added to every Fisher value, > 0.
+    fisher_floor: > 0, the floor described above.
+    favor_target: floor the target's Fisher only (official default) or all.
+    normalize: divide ``w_i`` by ``||F_i||_2`` (official default).
 
   Raises:
     ConfigError: mismatched structures or counts, negative weights, a
-      non-positive floor.
+      non-positive floor, an all-zero Fisher with ``normalize``.
   """
   check_compatible(list(trees) + list(fishers), "models and Fishers")
   if len(trees) != len(fishers):
@@ -327,11 +334,20 @@ def fisher_merge(trees: Sequence[Any], fishers: Sequence[Any],
   w = _weights(weights, len(trees))
   if fisher_floor <= 0:
     raise ConfigError(f"fisher_floor must be > 0, got {fisher_floor}")
+  if normalize:
+    norms = [float(jnp.sqrt(sum(jnp.sum(jnp.square(f)) for f in jax.tree.leaves(fi))))
+             for fi in fishers]
+    if min(norms) <= 0:
+      raise ConfigError("a Fisher is all zeros; it cannot be normalised (normalize=False)")
+    w = [wi / n for wi, n in zip(w, norms)]
+  n = len(trees)
 
   def merge(*leaves):
-    thetas, fs = leaves[:len(trees)], leaves[len(trees):]
-    num = sum(wi * (f + fisher_floor) * t for wi, f, t in zip(w, fs, thetas))
-    den = sum(wi * (f + fisher_floor) for wi, f in zip(w, fs))
+    thetas, fs = leaves[:n], leaves[n:]
+    fs = [jnp.maximum(f, fisher_floor) if (j == 0 or not favor_target) else f
+          for j, f in enumerate(fs)]
+    num = sum(wi * f * t for wi, f, t in zip(w, fs, thetas))
+    den = sum(wi * f for wi, f in zip(w, fs))
     return (num / den).astype(thetas[0].dtype)
 
   return jax.tree.map(merge, *trees, *fishers)

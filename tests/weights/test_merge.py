@@ -114,15 +114,22 @@ def test_architecture_mismatch_is_refused():
 
 
 def test_fisher_merge_weights_each_element_by_its_fisher():
-  t0, t1 = {"w": jnp.asarray([0.0, 0.0, 0.0])}, {"w": jnp.asarray([1.0, 1.0, 1.0])}
-  f0, f1 = {"w": jnp.asarray([1.0, 0.0, 3.0])}, {"w": jnp.asarray([1.0, 5.0, 1.0])}
-  got = np.asarray(fisher_merge([t0, t1], [f0, f1], fisher_floor=1e-12)["w"])
-  np.testing.assert_allclose(got, [0.5, 1.0, 0.25], rtol=1e-6)
+  t0, t1 = {"w": jnp.asarray([0.0, 0.0, 0.0, 2.0])}, {"w": jnp.asarray([1.0, 1.0, 1.0, 4.0])}
+  f0, f1 = {"w": jnp.asarray([1.0, 0.0, 3.0, 0.0])}, {"w": jnp.asarray([1.0, 5.0, 1.0, 0.0])}
+  got = np.asarray(fisher_merge([t0, t1], [f0, f1], normalize=False)["w"])
+  # Last element: no Fisher anywhere -> the (floored) target model's value.
+  np.testing.assert_allclose(got, [0.5, 1.0 - 1e-6 / 5, 0.25, 2.0], rtol=1e-6)
+  # Floor on every model: the plain mean where no model has Fisher mass.
+  got = np.asarray(fisher_merge([t0, t1], [f0, f1], normalize=False, favor_target=False)["w"])
+  np.testing.assert_allclose(got[3], 3.0, rtol=1e-6)
+  # Official normalisation: w_i / ||F_i||; ||f0|| = sqrt(10), ||f1|| = sqrt(27).
+  got = np.asarray(fisher_merge([t0, t1], [f0, f1])["w"])
+  a, b = 1 / np.sqrt(10), 1 / np.sqrt(27)
+  np.testing.assert_allclose(got[0], b / (a + b), rtol=1e-6)
   # Equal Fishers: the plain weighted mean.
-  same = fisher_merge([t0, t1], [f0, f0], weights=[3.0, 1.0])
-  np.testing.assert_allclose(np.asarray(same["w"]), np.asarray(weighted_mean([t0, t1],
-                                                                             [3.0, 1.0])["w"]))
-  np.testing.assert_allclose(np.asarray(same["w"]), [0.25] * 3, rtol=1e-6)
+  same = fisher_merge([t0, t1], [f1, f1], weights=[3.0, 1.0], favor_target=False)
+  np.testing.assert_allclose(np.asarray(same["w"]),
+                             np.asarray(weighted_mean([t0, t1], [3.0, 1.0])["w"]), rtol=1e-6)
   with pytest.raises(ConfigError):
     fisher_merge([t0, t1], [f0])
 
