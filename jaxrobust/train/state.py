@@ -58,7 +58,9 @@ def ema_decay_at(decay: float, step):
   DeepMind recipe's 0.995 is for batch 1024; at batch ``B`` the same
   averaging horizon in examples is ``decay ** (B / 1024)`` (e.g. 0.995 ->
   0.99937 at B = 128), see :func:`ema_decay_for_batch_size`. The library does
-  not rescale it for you: set the rescaled value in the config.
+  not rescale it for you: set the rescaled value in the config. The EMA
+  weights are evaluated with the raw model's BatchNorm running averages;
+  ``python -m jaxrobust.weights recalibrate`` recomputes them for the EMA.
   """
   step = step.astype(jnp.float32)
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))

@@ -20,6 +20,7 @@ Runs in, workdirs out (:mod:`jaxrobust.weights.recipes`)::
 
     python -m jaxrobust.weights soup --workdirs A B C --select val_robust --out DIR
     python -m jaxrobust.weights interpolate --from A --to B --alphas 0:1:0.1 --out DIR
+    python -m jaxrobust.weights recalibrate --workdirs A --bn recompute_clean --out DIR
 
 Each writes a workdir that ``python -m jaxrobust.evaluate --workdir DIR``
 reads like a trained run.

@@ -6,12 +6,14 @@
     python -m jaxrobust.weights interpolate --from A --to B [--alphas 0:1:0.1]
         [--select clean_within_robust_tolerance|val_robust|val_clean]
         [--robust_tolerance 0.01] [--bn ...] [--save_all] --out DIR
+    python -m jaxrobust.weights recalibrate --workdirs A [--bn recompute_clean] --out DIR
 
 ``A``, ``B``, ``C`` are ``--workdir`` directories of ``python -m
 jaxrobust.train`` runs of one architecture. Selection uses the runs'
 validation split (held out from train) and their ``config.eval.val_attack``.
 ``DIR`` is then read like any trained run: ``python -m jaxrobust.evaluate
---workdir DIR``. See :mod:`jaxrobust.weights.recipes`.
+--workdir DIR``. ``recalibrate`` recomputes the BatchNorm statistics of one
+run (of its EMA weights when it kept them). See :mod:`jaxrobust.weights.recipes`.
 """
 from jaxrobust.cli import apply_cpu_defaults, run_main
 
@@ -19,10 +21,11 @@ apply_cpu_defaults()
 
 from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
 
-COMMANDS = ("soup", "interpolate")
+COMMANDS = ("soup", "interpolate", "recalibrate")
 
 _WORKDIRS = flags.DEFINE_multi_string(
-    "workdirs", [], "soup: the ingredient runs (--workdirs A B C or repeated --workdirs).")
+    "workdirs", [], "soup: the ingredient runs (--workdirs A B C or repeated --workdirs); "
+    "recalibrate: the one run.")
 _FROM = flags.DEFINE_string("from", None, "interpolate: run at alpha = 0 (e.g. the AT model).")
 _TO = flags.DEFINE_string("to", None, "interpolate: run at alpha = 1 (e.g. the fine-tuned one).")
 _ALPHAS = flags.DEFINE_string("alphas", "0:1:0.1", "interpolate: start:stop:step or a comma list.")
@@ -33,9 +36,10 @@ _SELECT = flags.DEFINE_string(
     "clean_within_robust_tolerance (default), val_robust or val_clean.")
 _TOL = flags.DEFINE_float("robust_tolerance", 0.01, "interpolate: allowed drop of validation "
                           "robust accuracy from alpha = 0 (fraction of 1).")
-_BN = flags.DEFINE_enum("bn", "average", ["average", "recompute_clean", "recompute_adversarial"],
+_BN = flags.DEFINE_enum("bn", None, ["average", "recompute_clean", "recompute_adversarial"],
                         "BatchNorm statistics of the result: merged with the weights, or "
-                        "recomputed over one epoch of training data (clean or adversarial).")
+                        "recomputed over one epoch of training data (clean or adversarial). "
+                        "Default: average (soup, interpolate), recompute_clean (recalibrate).")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of each run.")
 _SAVE_ALL = flags.DEFINE_bool("save_all", False, "interpolate: also write every grid point as "
                               "<out>/alpha_<alpha>/.")
@@ -64,7 +68,7 @@ def main(argv):
   from jaxrobust.weights.merge import parse_alphas  # pylint: disable=g-import-not-at-top
   from jaxrobust.weights import recipes  # pylint: disable=g-import-not-at-top
   if len(argv) != 2 or argv[1] not in COMMANDS:
-    raise ConfigError(f"give one command, {' or '.join(COMMANDS)}, e.g. python -m "
+    raise ConfigError(f"give one command, {', '.join(COMMANDS)}, e.g. python -m "
                       f"jaxrobust.weights soup --workdirs A B C --out DIR (got {argv[1:]})")
   if not _OUT.value:
     raise ConfigError("--out=DIR is required (a fresh directory for the merged run)")
@@ -74,7 +78,13 @@ def main(argv):
                         f"{_WORKDIRS.value})")
     check_workdir(_OUT.value, "--out")
     recipes.soup_runs(_WORKDIRS.value, _OUT.value, _RECIPE.value, _SELECT.value or "val_robust",
-                      _WHICH.value, _BN.value)
+                      _WHICH.value, _BN.value or "average")
+  elif argv[1] == "recalibrate":
+    if len(_WORKDIRS.value) != 1:
+      raise ConfigError(f"recalibrate takes one run: --workdirs A (got {_WORKDIRS.value})")
+    check_workdir(_OUT.value, "--out")
+    recipes.recalibrate_run(_WORKDIRS.value[0], _OUT.value, _BN.value or "recompute_clean",
+                            _WHICH.value)
   else:
     if not _FROM.value or not _TO.value:
       raise ConfigError("interpolate needs --from=RUN (alpha 0) and --to=RUN (alpha 1)")
@@ -82,7 +92,7 @@ def main(argv):
     check_workdir(_OUT.value, "--out")
     recipes.interpolate_runs(_FROM.value, _TO.value, alphas, _OUT.value,
                              _SELECT.value or "clean_within_robust_tolerance", _TOL.value,
-                             _WHICH.value, _BN.value, _SAVE_ALL.value)
+                             _WHICH.value, _BN.value or "average", _SAVE_ALL.value)
 
 
 def run():

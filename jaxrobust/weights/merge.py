@@ -249,9 +249,10 @@ def diagonal_fisher(model_fns, params, batch_stats, batches: Iterable[Mapping[st
   (Matena & Raffel 2022, Eq. 2). ``labels='expected'`` takes the exact
   expectation over the model's own prediction ``y ~ p(. | x_n)`` (one
   per-example gradient per class, weighted by ``p(y | x_n)``; the official
-  ``model_merging/fisher.py`` ``expectation_wrt_logits``); ``labels='empirical'`` uses the true label only (the "empirical
-  Fisher"). Per-example gradients use the eval view (BatchNorm running
-  averages), so they do not depend on the batch.
+  ``model_merging/fisher.py`` with ``expectation_wrt_logits``);
+  ``labels='empirical'`` uses the true label only (the "empirical Fisher").
+  Per-example gradients use the eval view (BatchNorm running averages), so
+  they do not depend on the batch.
 
   Args:
     model_fns: :class:`jaxrobust.models.ModelFns`.

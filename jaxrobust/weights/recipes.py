@@ -182,9 +182,39 @@ def interpolate_runs(from_dir: str, to_dir: str, alphas: Sequence[float], out: s
   return record
 
 
+def recalibrate_run(workdir: str, out: str, bn: str = "recompute_clean", which: str = "best",
+                    mesh=None) -> dict:
+  """One run with its BatchNorm statistics recomputed, written as a workdir ``out``.
+
+  For a run that kept an EMA (``config.train.ema_decay > 0``) these are the
+  EMA weights, whose statistics the trainer never computed (it evaluates
+  them with the raw model's running averages).
+
+  Raises:
+    ConfigError: ``bn`` is not a recomputation mode. CheckpointError, DataError.
+  """
+  if bn not in BN_MODES[1:]:
+    raise ConfigError(f"recalibrate needs --bn in {BN_MODES[1:]}, got {bn!r}")
+  check_fresh(out)
+  (run,) = load_runs([workdir], which, mesh)
+  validator = Validator(run, mesh)
+  before = validator(run.params, run.batch_stats)
+  batch_stats = recalibrate(run, run.params, run.batch_stats, validator, bn)
+  record = {"recipe": "recalibration", "bn": bn, "ema": run.uses_ema,
+            "sources": [{"workdir": run.workdir, "which": run.which, "step": run.step,
+                         "val": before}],
+            "val": validator(run.params, batch_stats)}
+  record["workdir"] = write_workdir(out, run, run.params, batch_stats, record)
+  _say(f"BatchNorm recomputed ({bn}): val clean {before['clean']:.4f} -> "
+       f"{record['val']['clean']:.4f}, robust {before['robust']:.4f} -> "
+       f"{record['val']['robust']:.4f} -> {out}")
+  return record
+
+
 def _say(msg: str) -> None:
   if jax.process_index() == 0:
     print(msg, flush=True)
 
 
-__all__ = ["BN_MODES", "SOUP_METRICS", "interpolate_runs", "recalibrate", "soup_runs"]
+__all__ = ["BN_MODES", "SOUP_METRICS", "interpolate_runs", "recalibrate", "recalibrate_run",
+           "soup_runs"]

@@ -32,7 +32,7 @@ from jaxrobust.errors import ConfigError
 
 
 def swa_learning_rate(epoch: int, lr_init: float, swa_lr: float, swa_start: float) -> float:
-  """The official SWA learning rate for 0-based ``epoch`` (``timgaripov/swa:train.py`` ``schedule``).
+  """The official SWA learning rate of 0-based ``epoch`` (``timgaripov/swa:train.py`` schedule).
 
   ``t = epoch / swa_start``; factor 1 for ``t <= 0.5``, ``1 - (1 - r)(t - 0.5)/0.4``
   for ``t <= 0.9``, else ``r``, with ``r = swa_lr / lr_init``; returns

@@ -11,7 +11,7 @@ from jaxrobust.errors import ConfigError
 from jaxrobust.train.defaults import default_config
 from jaxrobust.train.loop import train_and_evaluate
 from jaxrobust.train.restore import TrainedModel, load_trained
-from jaxrobust.weights.recipes import soup_runs
+from jaxrobust.weights.recipes import recalibrate_run, soup_runs
 from jaxrobust.weights.runs import (InitialisationWarning, check_same_architecture,
                                     warn_if_different_initialisation)
 from tests.numpy_models import numpy_initialised
@@ -47,7 +47,7 @@ def _cli(module, *args):
 
 def test_cli_bad_input_gives_one_clear_error(tmp_path):
   proc = _cli("jaxrobust.weights", "stew", f"--out={tmp_path / 'o'}")
-  assert proc.returncode == 2 and "give one command, soup or interpolate" in proc.stderr
+  assert proc.returncode == 2 and "give one command, soup, interpolate" in proc.stderr
   proc = _cli("jaxrobust.weights", "soup", "--workdirs", str(tmp_path), f"--out={tmp_path}/o")
   assert proc.returncode == 2 and "at least two runs" in proc.stderr
   proc = _cli("jaxrobust.weights", "interpolate", "--from", str(tmp_path), "--to",
@@ -142,3 +142,15 @@ def test_interpolate_cli_endpoints_and_evaluate(two_runs, tmp_path):
   for u, v in zip(_np(chosen.params), _np(ref.params)):
     np.testing.assert_array_equal(u, v)
   _evaluate(out)
+
+
+@pytest.mark.slow
+def test_recalibrate_recomputes_only_the_batch_stats(two_runs, tmp_path):
+  rec = recalibrate_run(two_runs[0], str(tmp_path / "r"), "recompute_adversarial")
+  assert rec["bn"] == "recompute_adversarial" and rec["sources"][0]["workdir"] == two_runs[0]
+  src, out = load_trained(two_runs[0]), load_trained(str(tmp_path / "r"))
+  for u, v in zip(_np(out.params), _np(src.params)):
+    np.testing.assert_array_equal(u, v)
+  assert not all(np.allclose(u, v) for u, v in zip(_np(out.batch_stats), _np(src.batch_stats)))
+  with pytest.raises(ConfigError, match="recalibrate needs"):
+    recalibrate_run(two_runs[0], str(tmp_path / "r2"), "average")
