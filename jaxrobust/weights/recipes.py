@@ -72,9 +72,9 @@ def soup_runs(workdirs: Sequence[str], out: str, recipe: str = "greedy",
       they do not share an initialisation).
     out: output workdir (fresh).
     recipe: ``'greedy'`` (Wortsman et al. Recipe 1) or ``'uniform'``.
-    select: the greedy soup's held-out metric, ``'val_robust'`` (default:
-      validation robust accuracy under ``config.eval.val_attack``) or
-      ``'val_clean'``.
+    select: the greedy soup's held-out metric (the uniform soup has none):
+      ``'val_robust'`` (default: validation robust accuracy under
+      ``config.eval.val_attack``) or ``'val_clean'``.
     which: each run's ``'best'`` or ``'latest'`` checkpoint.
     bn: :data:`BN_MODES`; ``average`` merges the running statistics with the
       weights (the official soups average whole state dicts).
