@@ -96,16 +96,18 @@ def parse_alphas(spec: str) -> list[float]:
   """
   fix = "write start:stop:step (e.g. 0:1:0.1) or a comma list (e.g. 0,0.5,1)"
   try:
-    if ":" in spec:
-      start, stop, step = (float(s) for s in spec.split(":"))
-      if step <= 0 or stop < start:
-        raise ConfigError(f"alphas {spec!r}: need step > 0 and stop >= start; {fix}")
-      n = int(math.floor((stop - start) / step + 1e-9))
-      vals = [round(start + k * step, 10) for k in range(n + 1)]
-    else:
-      vals = [float(s) for s in spec.split(",") if s.strip()]
+    parts = [float(s) for s in spec.split(":" if ":" in spec else ",") if s.strip()]
   except ValueError as e:
     raise ConfigError(f"alphas {spec!r} is not a list of numbers; {fix}") from e
+  vals = parts
+  if ":" in spec:
+    if len(parts) != 3:
+      raise ConfigError(f"alphas {spec!r} is not start:stop:step; {fix}")
+    start, stop, step = parts
+    if step <= 0 or stop < start:
+      raise ConfigError(f"alphas {spec!r}: need step > 0 and stop >= start; {fix}")
+    n = math.floor((stop - start) / step + 1e-9)
+    vals = [round(start + k * step, 10) for k in range(n + 1)]
   if not vals:
     raise ConfigError(f"alphas {spec!r} is empty; {fix}")
   return sorted(set(vals))

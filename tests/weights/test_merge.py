@@ -56,7 +56,9 @@ def test_parse_alphas():
   assert parse_alphas("0:1:0.1") == [round(0.1 * k, 10) for k in range(11)]
   assert parse_alphas("0:1:0.25") == [0.0, 0.25, 0.5, 0.75, 1.0]
   assert parse_alphas("1,0,0.5") == [0.0, 0.5, 1.0]
-  for bad in ("0:1:0", "a,b", "1:0:0.1", ""):
+  with pytest.raises(ConfigError, match="step > 0"):
+    parse_alphas("0:1:0")
+  for bad in ("0:1:0", "a,b", "1:0:0.1", "", "0:1"):
     with pytest.raises(ConfigError):
       parse_alphas(bad)
 
