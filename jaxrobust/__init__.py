@@ -24,6 +24,8 @@ imports one above it:
 ``jaxrobust.checkpoint``    Orbax checkpoints: latest-N, best, digests
 ``jaxrobust.train``         config schema, optimisers, the jitted train step,
                             the trainer, restoring trained runs
+``jaxrobust.weights``       weight averaging: interpolation (WiSE-FT), model
+                            soups, SWA, Fisher merging, BatchNorm recalibration
 ``jaxrobust.evaluate``      AutoAttack (``run_autoattack``), the evaluation suite
                             and CLI
 ``jaxrobust.rift``          RiFT: module robust criticality, fine-tuning,
@@ -31,7 +33,8 @@ imports one above it:
 ==========================  =====================================================
 
 Entry points: ``python -m jaxrobust.train``, ``python -m jaxrobust.evaluate``,
-``python -m jaxrobust.rift``.
+``python -m jaxrobust.rift``,
+``python -m jaxrobust.weights``.
 
 On CPU the library adds its measured-best XLA:CPU flags to ``XLA_FLAGS`` when
 it is imported before JAX's backend starts -- after ``import jax`` is fine,
@@ -51,7 +54,7 @@ if not _apply_cpu_defaults():
 __version__ = "0.1.0"
 
 _SUBMODULES = ("accuracy", "attacks", "checkpoint", "data", "errors", "evaluate", "losses",
-               "methods", "models", "parallel", "rift", "train")
+               "methods", "models", "parallel", "rift", "train", "weights")
 
 __all__ = ["__version__", *_SUBMODULES]
 

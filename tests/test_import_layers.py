@@ -23,6 +23,7 @@ LAYERS = (
     ("accuracy", "methods"),
     ("checkpoint",),
     ("train",),
+    ("weights",),
     ("evaluate",),
     ("rift",),
 )

@@ -39,7 +39,7 @@ from jaxrobust.accuracy import (attacks_from_config, evaluate_accuracy,
 from jaxrobust.train.restore import load_trained
 from jaxrobust.methods import method_config
 from jaxrobust.rift.config import mrc_settings, resolve_rift_config, validate_rift_config
-from jaxrobust.rift.interpolate import interpolate, select_alpha
+from jaxrobust.weights import interpolate, select_alpha
 from jaxrobust.rift.modules import list_modules, module_regex
 from jaxrobust.rift.mrc import build_adversarial_set, least_critical, mrc_sweep
 from jaxrobust.rift.plots import plot_interpolation, plot_mrc

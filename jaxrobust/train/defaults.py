@@ -100,7 +100,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # 0.8 as the official code (torch CyclicLR's cycle_momentum defaults); -1: constant.
   c.train.cyclic_base_momentum = 0.8
   c.train.warmup_epochs = 0.0
-  c.train.ema_decay = 0.0  # > 0 keeps an EMA of the weights (evaluated too).
+  # > 0 keeps an EMA of the weights (evaluated too); per step, with warm-up
+  # min(d, (1+t)/(10+t)). A decay published for batch 1024 (DeepMind: 0.995) is
+  # d ** (B / 1024) at batch B (jaxrobust.train.state.ema_decay_for_batch_size).
+  c.train.ema_decay = 0.0
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
   c.train.keep_checkpoints = 2

@@ -52,6 +52,32 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed
 
 
 def ema_decay_at(decay: float, step):
-  """TF-style warm-up: ``min(decay, (1 + t) / (10 + t))`` (DeepMind ``ema_update``)."""
+  """TF-style warm-up: ``min(decay, (1 + t) / (10 + t))`` (DeepMind ``ema_update``).
+
+  ``decay`` is ``config.train.ema_decay`` as given, per optimiser step. The
+  DeepMind recipe's 0.995 is for batch 1024; at batch ``B`` the same
+  averaging horizon in examples is ``decay ** (B / 1024)`` (e.g. 0.995 ->
+  0.99937 at B = 128), see :func:`ema_decay_for_batch_size`. The library does
+  not rescale it for you: set the rescaled value in the config. The EMA
+  weights are evaluated with the raw model's BatchNorm running averages;
+  ``python -m jaxrobust.weights recalibrate`` recomputes them for the EMA.
+  """
   step = step.astype(jnp.float32)
   return jnp.minimum(decay, (1.0 + step) / (10.0 + step))
+
+
+def ema_decay_for_batch_size(decay: float, batch_size: int, reference_batch_size: int = 1024
+                             ) -> float:
+  """The per-step EMA decay at ``batch_size`` equivalent to ``decay`` at the reference batch.
+
+  ``decay ** (batch_size / reference_batch_size)``: both average over the
+  same number of training examples (DeepMind's adversarial-robustness recipe
+  uses 0.995 at batch 1024). Returns a Python float in (0, 1).
+
+  Raises:
+    ValueError: ``decay`` outside (0, 1) or non-positive batch sizes.
+  """
+  if not 0 < decay < 1 or batch_size <= 0 or reference_batch_size <= 0:
+    raise ValueError(f"need 0 < decay < 1 and positive batch sizes; got {decay}, {batch_size}, "
+                     f"{reference_batch_size}")
+  return float(decay ** (batch_size / reference_batch_size))
