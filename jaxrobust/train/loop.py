@@ -301,9 +301,8 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
         save(step)  # a no-op when this step was just saved.
         ckpt.close()
         where = os.path.join(ckpt.directory, "latest", str(step))
-        if is_main:
-          tqdm.tqdm.write(f"{guard.signal_name}: saved the checkpoint of step {step} in {where}; "
-                          f"stopping (rerun the same command to resume)")
+        log.info("%s: saved the checkpoint of step %d in %s; stopping", guard.signal_name, step,
+                 where)
         raise Preempted(step, where, guard.signal_name)
   finally:
     bar.close()

@@ -76,8 +76,8 @@ class PreemptionGuard:
     self._warned = False
     if jax.process_count() == 1:
       self.mode = "local"
-    elif _preemption_sync_manager() is not None and signal.getsignal(signal.SIGTERM) is None:
-      self.mode = "jax"  # None: a handler installed outside Python (JAX's notifier) owns SIGTERM.
+    elif _preemption_sync_manager() is not None:
+      self.mode = "jax"  # its SIGTERM notifier (a C++ handler) was installed by initialize().
     else:
       self.mode = "allgather"
 

@@ -218,3 +218,42 @@ def test_slurm_script_forwards_the_signal_and_requeues_on_75(tmp_path, sig):
   done = subprocess.run(["bash", str(REPO / "launch" / "slurm.sbatch"), "cfg.py", "wd"],
                         env=env, capture_output=True, text=True, timeout=60)
   assert done.returncode == 3 and not (tmp_path / "scontrol.log").exists()
+
+
+def _free_port():
+  import socket  # pylint: disable=g-import-not-at-top
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
+  """Multi-host: SIGUSR1 to process 1 only -> both save at one step (JAX's sync point), exit 75."""
+  workdir, port = tmp_path / "run", _free_port()
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  procs = []
+  for i in range(2):
+    procs.append(subprocess.Popen(
+        _train_cmd(workdir), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True, env=dict(env, JAXROBUST_DISTRIBUTED="1", JAX_PLATFORMS="cpu",
+                            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES="2",
+                            JAX_PROCESS_ID=str(i),
+                            XLA_FLAGS="--xla_force_host_platform_device_count=2")))
+  try:
+    _wait_for_first_log_line(procs[0], workdir)  # process 0 writes the logs
+    procs[1].send_signal(signal.SIGUSR1)
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  assert [p.returncode for p in procs] == [EXIT_PREEMPTED] * 2, [e[-2000:] for e in errs]
+  lasts = [[ln for ln in e.splitlines() if ln.strip()][-1] for e in errs]
+  assert lasts[0].startswith("preempted (preemption notice): saved the checkpoint of step ")
+  assert lasts[1].startswith("preempted (SIGUSR1): saved the checkpoint of step ")
+  steps = {int(ln.split("of step ")[1].split()[0]) for ln in lasts}
+  assert len(steps) == 1, lasts  # one step for every process
+  step = steps.pop()
+  assert 2 <= step < NUM_STEPS and _steps(workdir)[-1] == step
+  assert int(_restore(workdir, step)[0].step) == step
