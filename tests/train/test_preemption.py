@@ -257,3 +257,37 @@ def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
   step = steps.pop()
   assert 2 <= step < NUM_STEPS and _steps(workdir)[-1] == step
   assert int(_restore(workdir, step)[0].step) == step
+
+
+def test_a_save_killed_before_its_rename_leaves_no_latest(tmp_path):
+  """Orbax writes ``latest/<step>`` into a temporary directory and renames it when complete:
+  a process killed at that point (all files written, no rename) leaves the older step newest."""
+  ck_dir = tmp_path / "ck"
+  script = (
+      "import os, sys\n"
+      "import orbax.checkpoint._src.path.atomicity as atomicity\n"
+      "from jaxrobust.checkpoint import Checkpointer\n"
+      "from jaxrobust.models import create_model\n"
+      "from jaxrobust.train import create_train_state, default_config, make_optimizer\n"
+      "tx = make_optimizer(default_config().train, 10, 10)\n"
+      "state = create_train_state(create_model('simple_cnn_tiny'), tx, seed=3, ema=False)[1]\n"
+      f"ck = Checkpointer({str(ck_dir)!r}, keep=30)\n"
+      "ck.save(1, state.replace(step=state.step + 1), {'model': 'm'})\n"
+      "async def killed(self):\n"
+      "  os._exit(9)\n"
+      "atomicity.AtomicRenameTemporaryPath.finalize = killed\n"
+      "ck.save(2, state.replace(step=state.step + 2), {'model': 'm'})\n")
+  out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True,
+                       timeout=120)
+  assert out.returncode == 9, out.stderr[-2000:]
+  names = sorted(p.name for p in (ck_dir / "latest").iterdir())
+  assert "1" in names and "2" not in names
+  assert any(n.startswith("2.orbax-checkpoint-tmp") for n in names)  # the unfinished write
+  ck = Checkpointer(str(ck_dir), keep=30)
+  tx = make_optimizer(default_config().train, 10, 10)
+  target = create_train_state(create_model("simple_cnn_tiny"), tx, seed=3, ema=False)[1]
+  assert ck.latest_step() == 1
+  state, meta = ck.restore(target, fallback=True, expect_meta={"model": "m"})
+  assert int(state.step) == 1 and meta["model"] == "m"
+  ck.save(2, state.replace(step=state.step + 1), {"model": "m"})  # the resumed run saves step 2
+  assert ck.restore(target, step=2)[0].step == 2
