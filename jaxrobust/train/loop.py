@@ -209,7 +209,10 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
 
   # Restore.
   fingerprint = model_fingerprint(config, image_shape)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+  # Files are written in the background (the arrays are copied to the host and digested
+  # first); every way out of this function waits for them (ckpt.wait / ckpt.close).
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints,
+                      async_save=True)
   best_metric = -1.0
   # fallback: a damaged newest checkpoint is moved aside (logged) for an older intact one.
   restored = ckpt.restore(state, "latest", expect_meta={"model": fingerprint}, fallback=True)
@@ -299,17 +302,22 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
         if sums is not None:
           check_finite(sums, step)
         save(step)  # a no-op when this step was just saved.
-        ckpt.close()
+        ckpt.wait()  # complete and renamed into place before the process ends.
         where = os.path.join(ckpt.directory, "latest", str(step))
         log.info("%s: saved the checkpoint of step %d in %s; stopping", guard.signal_name, step,
                  where)
         raise Preempted(step, where, guard.signal_name)
+  except BaseException:
+    ckpt.close()  # finishes a pending write (the last good checkpoint) before leaving.
+    raise
   finally:
     bar.close()
     writer.close()
 
-  report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks)
-  ckpt.close()
+  try:
+    report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks)
+  finally:
+    ckpt.close()
   return report
 
 
