@@ -236,10 +236,13 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path):
-  """Multi-host: SIGUSR1 to process 1 only -> both save at one step (JAX's sync point), exit 75."""
+@pytest.mark.parametrize("service", ["true", "false"], ids=["sync_point", "allgather"])
+def test_two_processes_stop_at_the_same_step_when_one_is_signalled(tmp_path, service):
+  """Multi-host: SIGUSR1 to process 1 only -> both save at one step and exit 75, through JAX's
+  preemption sync point, or (preemption service off) a per-step gather of the flags."""
   workdir, port = tmp_path / "run", _free_port()
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env["JAX_ENABLE_PREEMPTION_SERVICE"] = service
   procs = []
   for i in range(2):
     procs.append(subprocess.Popen(
