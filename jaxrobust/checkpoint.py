@@ -7,9 +7,14 @@ Layout under ``directory``::
 
 ``state`` is the :class:`~jaxrobust.train.state.TrainState` pytree
 (``StandardSave``), ``meta`` a JSON dict (data-iterator position, epoch, best
-metric, model fingerprint, content digests). Saves are synchronous and atomic
-(Orbax writes to a temporary directory and renames it), so a killed run leaves
-only complete checkpoints behind.
+metric, model fingerprint, content digests). Saves are atomic (Orbax writes
+``<step>.orbax-checkpoint-tmp-*`` and renames it to ``<step>`` once complete),
+so a killed run leaves only complete checkpoints behind; an unfinished
+temporary directory is never read. With ``async_save`` the files are written
+in a background thread after :meth:`Checkpointer.save` returns (the arrays are
+copied to the host first, so the caller may donate or overwrite them);
+:meth:`Checkpointer.restore`, :meth:`Checkpointer.wait` and
+:meth:`Checkpointer.close` wait for pending writes.
 
 Integrity: every save records the SHA-256 of each saved array (of its host
 copy: dtype, shape and bytes) under ``meta['integrity']`` and refuses a state
@@ -75,11 +80,11 @@ class NonFiniteStateError(CheckpointError):
                      f"({_some(leaves)})")
 
 
-def _manager(path: str, keep: int) -> ocp.CheckpointManager:
+def _manager(path: str, keep: int, async_save: bool = False) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(path), item_names=("state", "meta"),
       options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                           enable_async_checkpointing=False))
+                                           enable_async_checkpointing=async_save))
 
 
 def _drop_frozen(state):
@@ -148,19 +153,27 @@ def state_is_finite(state) -> bool:
 
 
 class Checkpointer:
-  """Saves and restores train states under ``directory``."""
+  """Saves and restores train states under ``directory``.
 
-  def __init__(self, directory: str, keep: int = 2):
+  Args:
+    directory: the checkpoint root (``latest/`` and ``best/`` below it).
+    keep: how many ``latest`` checkpoints to keep.
+    async_save: write files in the background (Orbax async checkpointing);
+      :meth:`save` then returns once the arrays are on the host and digested.
+      Call :meth:`close` (or :meth:`wait`) before the process exits.
+  """
+
+  def __init__(self, directory: str, keep: int = 2, async_save: bool = False):
     self.directory = os.path.abspath(directory)
-    self._latest = _manager(os.path.join(directory, "latest"), keep)
-    self._best = _manager(os.path.join(directory, "best"), 1)
+    self._latest = _manager(os.path.join(directory, "latest"), keep, async_save)
+    self._best = _manager(os.path.join(directory, "best"), 1, async_save)
 
   def latest_step(self) -> int | None:
-    """The newest ``latest/<step>`` (None when there is none)."""
+    """The newest ``latest/<step>`` (None when there is none; a pending async write counts)."""
     return self._latest.latest_step()
 
   def best_step(self) -> int | None:
-    """The step of the ``best/`` checkpoint (None when there is none)."""
+    """The step of the ``best/`` checkpoint (None when there is none; pending writes count)."""
     return self._best.latest_step()
 
   def save(self, step: int, state: Any, meta: dict, best: bool = False) -> None:
@@ -217,6 +230,7 @@ class Checkpointer:
         values, or unreadable files (with ``fallback``: every one is).
       CheckpointError: a checkpoint of another model/config.
     """
+    self.wait()
     mgr = self._latest if which == "latest" else self._best
     if step is not None and step not in mgr.all_steps():
       raise CheckpointError(
@@ -289,6 +303,11 @@ class Checkpointer:
     state = restored["state"]
     _verify(where, state, meta.pop(INTEGRITY_KEY, None))
     return _rebuild(target, state, frozen), meta
+
+  def wait(self) -> None:
+    """Blocks until every pending (async) write is complete and renamed into place."""
+    self._latest.wait_until_finished()
+    self._best.wait_until_finished()
 
   def close(self) -> None:
     """Waits for pending writes and releases the Orbax managers."""

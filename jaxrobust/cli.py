@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 import sys
 
-from jaxrobust.errors import ConfigError, JaxRobustError
+from jaxrobust.errors import EXIT_PREEMPTED, ConfigError, JaxRobustError, Preempted
 
 # XLA:CPU defaults chosen from the measurements in BENCHMARKS.md; a user's own
 # XLA_FLAGS always win (we only add flags that are not already set). They only
@@ -122,6 +122,11 @@ def check_workdir(path: str, flag: str = "--workdir") -> None:
 def run_main(main, argv=None, schema=None) -> None:
   """Runs ``main`` under absl; JaxRobustError or OSError -> one ``error:`` line, exit 2.
 
+  A training run stopped by a preemption signal (:class:`jaxrobust.errors.
+  Preempted`, its checkpoint saved) prints one ``preempted ...`` line and exits
+  with :data:`jaxrobust.errors.EXIT_PREEMPTED` (75), the status on which
+  ``launch/slurm.sbatch`` requeues the job.
+
   ``schema`` returns the config schema used to name a bad ``--config.*``
   override (None: the message lists no valid keys).
   """
@@ -132,6 +137,9 @@ def run_main(main, argv=None, schema=None) -> None:
     logging.set_verbosity(logging.WARNING)
     try:
       return main(args)
+    except Preempted as e:
+      print(one_line(str(e)), file=sys.stderr, flush=True)
+      sys.exit(EXIT_PREEMPTED)
     except JaxRobustError as e:
       print(f"error: {one_line(str(e))}", file=sys.stderr, flush=True)
       sys.exit(2)

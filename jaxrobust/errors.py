@@ -2,7 +2,15 @@
 
 Entry points (``python -m jaxrobust.train`` / ``jaxrobust.evaluate``) catch
 :class:`JaxRobustError`, print its message on one line and exit with status 2.
+A training run stopped by a preemption signal raises :class:`Preempted`
+instead (not an error); the entry points exit with :data:`EXIT_PREEMPTED`.
 """
+from __future__ import annotations
+
+# Exit status of a training run that saved a checkpoint and stopped on
+# SIGTERM/SIGUSR1: sysexits.h EX_TEMPFAIL ("temporary failure; the user is
+# invited to retry"). launch/slurm.sbatch requeues the job on it.
+EXIT_PREEMPTED = 75
 
 
 class JaxRobustError(Exception):
@@ -23,3 +31,27 @@ class CheckpointError(JaxRobustError):
 
 class NonFiniteLossError(JaxRobustError, FloatingPointError):
   """Training produced a NaN/inf loss; the last good checkpoint is kept."""
+
+
+class WorkdirInUseError(JaxRobustError):
+  """Another live process holds the workdir's lock (one writer per workdir)."""
+
+
+class Preempted(Exception):  # not a JaxRobustError: nothing is wrong with the input.
+  """Training stopped on a preemption signal after saving a checkpoint.
+
+  Rerunning the same command resumes from ``checkpoint``; the command-line
+  entry points exit with :data:`EXIT_PREEMPTED`.
+
+  Attributes:
+    step: the training step of the saved checkpoint.
+    checkpoint: its directory (``<workdir>/checkpoints/latest/<step>``).
+    signal_name: the signal that asked to stop (``'SIGTERM'``, ``'SIGUSR1'``;
+      ``'preemption notice'`` when only another process of the job received it).
+  """
+
+  def __init__(self, step: int, checkpoint: str, signal_name: str):
+    self.step, self.checkpoint, self.signal_name = step, checkpoint, signal_name
+    super().__init__(f"preempted ({signal_name}): saved the checkpoint of step {step} in "
+                     f"{checkpoint} and stopped; rerun the same command to resume (exit status "
+                     f"{EXIT_PREEMPTED})")

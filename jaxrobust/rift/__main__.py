@@ -2,7 +2,9 @@
 
 Needs ``--config.at_workdir=RUN``, the workdir of an adversarial training run
 of ``python -m jaxrobust.train``. Rerunning the same command skips finished
-stages and resumes the fine-tuning run.
+stages and resumes the fine-tuning run (a preempted fine-tuning run exits
+with status 75, ``jaxrobust.errors.EXIT_PREEMPTED``); a second process on the
+same workdir is refused.
 """
 from jaxrobust.cli import (apply_cpu_defaults, define_config_and_workdir,
                            require_config_and_workdir, run_main)
@@ -16,8 +18,10 @@ _CONFIG, _WORKDIR = define_config_and_workdir(
 def main(argv):
   """absl main: runs RiFT on --config.at_workdir into --workdir; bad input raises a JaxRobustError."""
   from jaxrobust.rift.pipeline import run_rift  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.preemption import WorkdirLock  # pylint: disable=g-import-not-at-top
   require_config_and_workdir(argv, _CONFIG, _WORKDIR, "configs/cifar10_rift.py[:arg]")
-  run_rift(_CONFIG.value, _WORKDIR.value)
+  with WorkdirLock(_WORKDIR.value):  # one writer; finetune/ takes its own lock.
+    run_rift(_CONFIG.value, _WORKDIR.value)
 
 
 def _schema():

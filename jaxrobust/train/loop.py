@@ -18,13 +18,14 @@ from flax import nnx
 from jaxrobust import parallel
 from jaxrobust.checkpoint import Checkpointer, NonFiniteStateError
 from jaxrobust.data import TrainIterator
-from jaxrobust.errors import ConfigError, NonFiniteLossError
+from jaxrobust.errors import ConfigError, NonFiniteLossError, Preempted
 from jaxrobust.accuracy import attacks_from_config, evaluate_accuracy, make_eval_step
 from jaxrobust.methods import method_from_config, method_settings, num_teachers
 from jaxrobust.models import ModelFns
 from jaxrobust.train.builders import build_model, build_splits, image_shape_of, model_fingerprint
 from jaxrobust.train.defaults import effective_attacks, resolve_config, validate_config
 from jaxrobust.train.optim import make_optimizer
+from jaxrobust.train.preemption import PreemptionGuard, WorkdirLock
 from jaxrobust.train.restore import load_trained
 from jaxrobust.train.state import create_train_state
 from jaxrobust.train.step import jit_train_step, make_train_step
@@ -157,12 +158,27 @@ def train_and_evaluate(config, workdir: str) -> dict:
     selected) checkpoints and the effective ``attacks``, also written to
     ``<workdir>/report.json``.
 
+  Preemption: on SIGTERM or SIGUSR1 the run finishes the current step,
+  saves a checkpoint at that step (every process of a multi-host job at the
+  same step, :class:`jaxrobust.train.preemption.PreemptionGuard`) and raises
+  :class:`jaxrobust.errors.Preempted`; calling again with the same arguments
+  resumes, to the same final parameters as an uninterrupted run. One writer
+  per workdir: ``<workdir>/.lock`` is held while the run lives.
+
   Raises:
     ConfigError, DataError, CheckpointError, NonFiniteLossError.
+    WorkdirInUseError: another live process is training in ``workdir``.
+    Preempted: stopped by a signal after saving a checkpoint (not an error).
   """
   validate_config(config)
   given, config = config, resolve_config(config)
   os.makedirs(workdir, exist_ok=True)
+  with WorkdirLock(workdir), PreemptionGuard() as guard:
+    return _train_and_evaluate(config, given, workdir, guard)
+
+
+def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> dict:
+  """:func:`train_and_evaluate` once the workdir is locked and the signals are handled."""
   is_main = jax.process_index() == 0
   attacks = log_attacks(given)
   mesh = parallel.make_mesh(config.num_devices or None)
@@ -193,7 +209,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   # Restore.
   fingerprint = model_fingerprint(config, image_shape)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints)
+  # Files are written in the background (the arrays are copied to the host and digested
+  # first); every way out of this function waits for them (ckpt.wait / ckpt.close).
+  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints,
+                      async_save=True)
   best_metric = -1.0
   # fallback: a damaged newest checkpoint is moved aside (logged) for an older intact one.
   restored = ckpt.restore(state, "latest", expect_meta={"model": fingerprint}, fallback=True)
@@ -279,12 +298,26 @@ def train_and_evaluate(config, workdir: str) -> dict:
         if sums is not None:
           check_finite(sums, step)
         save(step)
+      if step < total_steps and guard.should_stop(step):
+        if sums is not None:
+          check_finite(sums, step)
+        save(step)  # a no-op when this step was just saved.
+        ckpt.wait()  # complete and renamed into place before the process ends.
+        where = os.path.join(ckpt.directory, "latest", str(step))
+        log.info("%s: saved the checkpoint of step %d in %s; stopping", guard.signal_name, step,
+                 where)
+        raise Preempted(step, where, guard.signal_name)
+  except BaseException:
+    ckpt.close()  # finishes a pending write (the last good checkpoint) before leaving.
+    raise
   finally:
     bar.close()
     writer.close()
 
-  report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks)
-  ckpt.close()
+  try:
+    report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks)
+  finally:
+    ckpt.close()
   return report
 
 
