@@ -209,10 +209,12 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
 
   # Restore.
   fingerprint = model_fingerprint(config, image_shape)
-  # Files are written in the background (the arrays are copied to the host and digested
-  # first); every way out of this function waits for them (ckpt.wait / ckpt.close).
+  # One process: files are written in the background (the arrays are copied to the host and
+  # digested first); every way out of this function waits for them (ckpt.wait / ckpt.close).
+  # Several processes: synchronous saves (a background finalize waiting on the other processes
+  # was seen to hang the final restore of a 2-process CPU run).
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.train.keep_checkpoints,
-                      async_save=True)
+                      async_save=jax.process_count() == 1)
   best_metric = -1.0
   # fallback: a damaged newest checkpoint is moved aside (logged) for an older intact one.
   restored = ckpt.restore(state, "latest", expect_meta={"model": fingerprint}, fallback=True)
