@@ -45,7 +45,8 @@ from flax import nnx
 
 from jaxrobust.attacks import stochastic
 from jaxrobust.errors import ConfigError
-from jaxrobust.methods.base import ModelFns, accuracy_sum, cross_entropy
+from jaxrobust.methods.adversarial import AdversarialTraining
+from jaxrobust.methods.base import ModelFns
 from jaxrobust.methods.registry import BN_VIEWS, choice, positive, register_method, unit_interval
 
 
@@ -160,14 +161,8 @@ class ViTAdversarialTraining:
     extra = {"keep_prob": r} if self.prm else {}
     return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y, **extra)
 
-  def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
-    """Mean CE of the train-mode logits of ``x_adv``; ``(loss, (batch_stats, sums))``."""
-    del x, frozen, step
-    logits, new_bs = model.apply(params, batch_stats, x_adv, train=True,
-                                 key=jax.random.fold_in(rng, 1))
-    loss = cross_entropy(logits, y)
-    return loss, (new_bs, {"loss": loss * y.shape[0],
-                           "adv_accuracy": accuracy_sum(logits, y)})
+  # The outer loss is PGD-AT's: mean CE of the train-mode logits of x_adv.
+  loss = AdversarialTraining.loss
 
 
 def _build(s, ctx):
