@@ -126,6 +126,11 @@ def _key(name: str) -> str:
 def register_attack(spec: AttackSpec, *, overwrite: bool = False) -> AttackSpec:
   """Adds ``spec`` to the registry under its name and aliases.
 
+  The attack function should call the model through :func:`call_logits` with a
+  key from :func:`model_key` in every forward pass, so that a stochastic model
+  (:class:`jaxrobust.types.StochasticLogitsFn`) gets a fresh key each time; a
+  plain ``logits_fn(x)`` call works for deterministic models only.
+
   Args:
     spec: the attack.
     overwrite: replace an attack of the same name (and its aliases).
