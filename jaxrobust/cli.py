@@ -119,6 +119,22 @@ def check_workdir(path: str, flag: str = "--workdir") -> None:
                       f"{e.strerror or e}); {fix}") from e
 
 
+def _quiet_closed_loop_hook(default):
+  """An ``sys.unraisablehook`` that drops "Event loop is closed" RuntimeErrors.
+
+  When Orbax fails to read a damaged checkpoint, TensorStore completes the
+  remaining reads on its own threads and calls into the asyncio loop Orbax
+  already closed; Python prints each as an unraisable traceback. The failure
+  itself is reported once, as a :class:`jaxrobust.errors.DamagedCheckpointError`.
+  """
+  def hook(unraisable):
+    exc = unraisable.exc_value
+    if isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed":
+      return
+    default(unraisable)
+  return hook
+
+
 def run_main(main, argv=None, schema=None) -> None:
   """Runs ``main`` under absl; JaxRobustError or OSError -> one ``error:`` line, exit 2.
 
@@ -135,6 +151,7 @@ def run_main(main, argv=None, schema=None) -> None:
   def wrapped(args):
     from absl import logging  # pylint: disable=g-import-not-at-top
     logging.set_verbosity(logging.WARNING)
+    sys.unraisablehook = _quiet_closed_loop_hook(sys.unraisablehook)
     try:
       return main(args)
     except Preempted as e:

@@ -103,10 +103,9 @@ class Case:
     np.savez(path, **saved)
 
 
-def _array_file(step_dir: pathlib.Path) -> pathlib.Path:
-  """The largest array-data file of a checkpoint (Orbax OCDBT layout)."""
-  files = [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
-  return max(files, key=lambda p: p.stat().st_size)
+def _array_files(step_dir: pathlib.Path) -> list[pathlib.Path]:
+  """The array-data files of a checkpoint (Orbax OCDBT layout)."""
+  return [p for p in (step_dir / "state").rglob("*") if p.is_file() and "/d/" in str(p)]
 
 
 def _raw_manager(which_dir: pathlib.Path):
@@ -127,17 +126,18 @@ def _raw_restore(step_dir: pathlib.Path) -> tuple[dict, dict]:
 
 
 def _damage(step_dir: pathlib.Path) -> None:
-  """Overwrites 4 KiB in the middle of the largest array file, keeping its size.
+  """Overwrites up to 4 KiB in the middle of every array file, keeping their sizes.
 
   A disk or copy fault: the bytes still decompress or fail to; either way the
-  checkpoint must be refused.
+  checkpoint must be refused. Every file is hit because which file holds which
+  array varies between runs, and a restore may read only some of them.
   """
-  path = _array_file(step_dir)
-  raw = bytearray(path.read_bytes())
-  start = max(0, len(raw) // 2 - 2048)
-  stop = min(len(raw), start + 4096)
-  raw[start:stop] = bytes((b * 7 + 13) % 256 for b in raw[start:stop])
-  path.write_bytes(bytes(raw))
+  for path in _array_files(step_dir):
+    raw = bytearray(path.read_bytes())
+    start = max(0, len(raw) // 2 - 2048)
+    stop = min(len(raw), start + 4096)
+    raw[start:stop] = bytes((b * 7 + 13) % 256 for b in raw[start:stop])
+    path.write_bytes(bytes(raw))
 
 
 def _alter_values(c: Case, step_dir: pathlib.Path) -> None:
@@ -233,9 +233,11 @@ def corrupt_checkpoint_metadata(c):
 
 @case("is damaged")
 def truncated_array_file(c):
+  # Every data file is cut: which file holds which array varies between runs,
+  # and evaluation restores only the model's arrays.
   d = c.step_dir("best")
-  path = _array_file(d)
-  path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+  for path in _array_files(d):
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
   c.expect.append(str(d))
   return _eval(c)
 
