@@ -51,6 +51,37 @@ def test_cascade_attacks_only_still_robust_points():
     np.testing.assert_array_equal(res.x_adv[i], x[i])
 
 
+def test_short_chunks_are_padded_to_small_fixed_sizes():
+  assert [aa.padded_size(n, 250) for n in (1, 2, 3, 5, 17, 31, 32, 33, 200, 249, 250)] == [
+      1, 2, 4, 8, 32, 32, 32, 64, 224, 250, 250]
+  assert [aa.padded_size(n, 256, n_dev=8) for n in (1, 9, 33)] == [8, 16, 64]
+  for n in range(1, 251):  # never fewer rows than points, never more than the batch
+    assert n <= aa.padded_size(n, 250) <= 250
+  with pytest.raises(ValueError):
+    aa.padded_size(0, 250)
+
+
+def test_a_lone_robust_point_is_attacked_as_one_row():
+  logits_fn = lambda x: jnp.stack([0.5 - x.mean((1, 2, 3)), x.mean((1, 2, 3)) - 0.5], -1)
+  x = np.array([0.1, 0.9, 0.8], np.float32)[:, None, None, None] * np.ones((1, 2, 2, 1),
+                                                                           np.float32)
+  y = np.array([0, 0, 0])  # only point 0 is classified correctly
+  rows = []
+  from jaxrobust.attacks import AttackSpec, AutoAttackHook, register_attack, unregister_attack
+
+  def spy(logits_fn, key, x, y, eps, norm):
+    rows.append(x.shape[0])  # traced once per distinct batch shape
+    return x
+  register_attack(AttackSpec("spy", spy, settings=("eps", "norm"),
+                             autoattack=AutoAttackHook()))
+  try:
+    s = AutoAttackSettings.for_version(0.3, "linf", "custom", attacks=("spy",))
+    res = run_autoattack(logits_fn, x, y, s, batch_size=64, progress=False)
+  finally:
+    unregister_attack("spy")
+  assert rows == [1] and res.robust.tolist() == [True, False, False]
+
+
 def _trained_linear_mnist(data_dir):
   with np.load(data_dir / "mnist_train.npz") as f:
     xs = f["images"][:2000].astype(np.float32) / 255.0
