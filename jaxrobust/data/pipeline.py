@@ -2,14 +2,15 @@
 
 The train iterator's order is a pure function of ``(seed, epoch, index)``: each
 epoch draws a permutation from ``np.random.default_rng([seed, epoch])`` and each
-batch's augmentation from ``default_rng([seed, epoch, index])``. Its position
+batch's augmentation from ``default_rng([seed, epoch, index, 0])``. Its position
 (``{'epoch', 'index'}``) is saved with the checkpoint, so a resumed run sees the
 same batches as an uninterrupted one.
 
-Multi-host: every process builds the same global batch order and keeps only
-its own contiguous slice of each global batch (``process_index``/
-``process_count``); :func:`jaxrobust.parallel.global_batch` assembles the
-global array.
+Multi-host: every process builds the same global batch (its examples sorted by
+index, its crops and flips drawn for the whole batch) and keeps only its own
+contiguous slice (``process_index``/``process_count``), so the global batch is
+the same for any number of processes; :func:`jaxrobust.parallel.global_batch`
+assembles the global array.
 """
 from __future__ import annotations
 
@@ -77,15 +78,18 @@ class TrainIterator:
     if self.index >= self.steps_per_epoch:
       self.epoch, self.index = self.epoch + 1, 0
     perm = self._permutation()
-    lo = self.index * self.global_batch_size
-    local = self.global_batch_size // self.process_count
-    lo += self.process_index * local
-    idx = np.sort(perm[lo:lo + local])
+    g = self.global_batch_size
+    lo = self.index * g
+    local = g // self.process_count
+    first = self.process_index * local
+    # The global batch in one order, then this process's rows of it: every process count
+    # yields the same global batch (examples, order and augmentation) for the same seed.
+    idx = np.sort(perm[lo:lo + g])[first:first + local]
     images = self.dataset.images[idx]
     if self.augment:
-      rng = np.random.default_rng(
-          [self.seed, self.epoch, self.index, self.process_index])
-      images = random_crop_flip(images, rng, self.pad, self.flip, self.pad_mode)
+      rng = np.random.default_rng([self.seed, self.epoch, self.index, 0])
+      images = random_crop_flip(images, rng, self.pad, self.flip, self.pad_mode, draws=g,
+                                offset=first)
     self.index += 1
     return {"image": images, "label": self.dataset.labels[idx]}
 

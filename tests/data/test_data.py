@@ -212,12 +212,37 @@ def test_train_iterator_process_slices():
     assert np.intersect1d(a["label"], b["label"]).size == 0
     np.testing.assert_array_equal(np.sort(np.concatenate([a["label"], b["label"]])),
                                   np.sort(w["label"]))
-  # the halves are the two contiguous chunks of the same permutation
+  # the halves are the two contiguous chunks of the sorted global batch
   perm = np.random.default_rng([5, 0]).permutation(24)
   p0, p1 = (TrainIterator(ds, 8, seed=5, augment=False, process_index=i, process_count=2)
             for i in range(2))
-  np.testing.assert_array_equal(next(p0)["label"], np.sort(perm[:4]))
-  np.testing.assert_array_equal(next(p1)["label"], np.sort(perm[4:8]))
+  np.testing.assert_array_equal(next(p0)["label"], np.sort(perm[:8])[:4])
+  np.testing.assert_array_equal(next(p1)["label"], np.sort(perm[:8])[4:])
+
+
+@pytest.mark.parametrize("process_count", [2, 4])
+def test_any_process_count_gives_the_single_process_global_batch(process_count):
+  # Images, order and augmentation (crops, flips) alike: the trained parameters can then
+  # match a single-process run with the same global batch and seed.
+  ds = _indexed_dataset(40, h=8, w=8)
+  whole = TrainIterator(ds, 8, seed=3, pad=2)
+  parts = [TrainIterator(ds, 8, seed=3, pad=2, process_index=i, process_count=process_count)
+           for i in range(process_count)]
+  for _ in range(11):  # crosses epoch boundaries (5 steps per epoch)
+    w = next(whole)
+    got = [next(p) for p in parts]
+    for k in ("image", "label"):
+      np.testing.assert_array_equal(np.concatenate([g[k] for g in got]), w[k])
+
+
+def test_augmentation_of_a_slice_equals_the_slice_of_the_augmentation():
+  x = np.random.default_rng(0).integers(0, 256, (6, 5, 5, 3), dtype=np.uint8)
+  full = random_crop_flip(x, np.random.default_rng(4), pad=2, pad_mode="reflect")
+  part = random_crop_flip(x[2:5], np.random.default_rng(4), pad=2, pad_mode="reflect",
+                          draws=6, offset=2)
+  np.testing.assert_array_equal(part, full[2:5])
+  with pytest.raises(ValueError, match="rows 4..7 of 6"):
+    random_crop_flip(x[:3], np.random.default_rng(4), draws=6, offset=4)
 
 
 def test_train_iterator_augmentation_preserves_labels():
