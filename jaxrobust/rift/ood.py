@@ -105,14 +105,13 @@ def load_cifar10c_folder(folder: str | os.PathLike, corruption: str, severity: i
                       np.ones(n, bool), f"{CIFAR10C_FOLDER}/{corruption}_{severity}")
 
 
-def _tfds_missing(corruptions, severities) -> list[str] | str:
-  """TFDS configs not prepared (a string: TFDS itself is unavailable)."""
+def _tfds_problem(corruptions, severities) -> str | None:
+  """Why TFDS cannot give every set (None: every ``cifar10_corrupted`` config is prepared)."""
   try:
     import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   except ImportError as e:
     return f"tensorflow_datasets is not installed ({e})"
   from jaxrobust.data import corruptions as corr  # pylint: disable=g-import-not-at-top
-  missing = []
   for c in corruptions:
     for s in severities:
       name = f"{corr.TFDS_NAME}/{corr.tfds_config_name(c, s)}"
@@ -121,8 +120,8 @@ def _tfds_missing(corruptions, severities) -> list[str] | str:
       except Exception:  # pylint: disable=broad-except  # tfds raises many types offline.
         prepared = False
       if not prepared:
-        missing.append(name)
-  return missing
+        return f"TFDS has not prepared {name} (TFDS_DATA_DIR or ~/tensorflow_datasets)"
+  return None
 
 
 def check_official_ood(corruptions, severities, data_dir: str = "") -> str:
@@ -147,12 +146,9 @@ def check_official_ood(corruptions, severities, data_dir: str = "") -> str:
   in_folder = _folder_missing(folder, corruptions)
   if not in_folder:
     return "folder"
-  in_tfds = _tfds_missing(corruptions, severities)
-  if isinstance(in_tfds, list) and not in_tfds:
+  tfds_msg = _tfds_problem(corruptions, severities)
+  if tfds_msg is None:
     return "tfds"
-  tfds_msg = in_tfds if isinstance(in_tfds, str) else (
-      f"TFDS has {len(in_tfds)} of the {len(corruptions) * len(severities)} "
-      f"{corr.TFDS_NAME} sets not prepared (e.g. {in_tfds[0]})")
   shown = ", ".join(in_folder[:4]) + (", ..." if len(in_folder) > 4 else "")
   raise DataError(
       f"the official CIFAR-10-C data is missing: {folder} lacks {len(in_folder)} file(s) "
