@@ -27,8 +27,9 @@ of best clean test accuracy; alpha grid on test (clean, one PGD-10 run);
 test: clean and PGD-10 (worst accuracy of 3 runs) on the whole test split,
 OOD = the official CIFAR-10-C files, 18 corruptions x 5 severities x 10,000
 images (``utils.py`` ``evaluate_cifar_corruption``; missing files stop the
-run with one error naming them). Paper, Table 1 (ResNet-18, CIFAR-10, AT):
-clean 81.46 -> 83.44, PGD-10 53.63 -> 53.65. Caveat on this machine: the
+run with one error naming them). Paper, Table 1 (ResNet-18, CIFAR-10, AT;
+not re-checked against the PDF offline): clean 81.46 -> 83.44, PGD-10 53.63
+-> 53.65. Caveat on this machine: the
 bundled CIFAR-10 test images 1000-9999 are JPEG-derived; the run refuses
 them unless ``--config.eval.allow_lossy_test=True`` (the report then counts
 them).

@@ -210,8 +210,8 @@ def _check_exact(config, ds, what: str, fix: str) -> None:
   n = _lossy(ds)
   if n and not config.eval.allow_lossy_test:
     raise DataError(
-        f"{what} holds {n} JPEG-derived (lossy) images of {len(ds)} (the bundled CIFAR-10 test "
-        f"images 1000-9999); {fix}, or set --config.eval.allow_lossy_test=True to use them "
+        f"{what} has {n} JPEG-derived (lossy) images out of {len(ds)} (the bundled CIFAR-10 "
+        f"test images 1000-9999); {fix}, or set --config.eval.allow_lossy_test=True to use them "
         f"(the report then counts them)")
 
 
@@ -256,7 +256,7 @@ def _prepare(config, workdir: str) -> _Run:
   test = splits.test.take(slice(0, n_test))
   fix = ("use --config.eval.test_size=1000 (the exact prefix)" if config.protocol != "official"
          else "provide exact test images (config.data.source='tfds' of the AT run)")
-  _check_exact(config, test, f"the test set ({n_test} images)", fix)
+  _check_exact(config, test, "the test set", fix)
   if config.mrc.split == "test":
     _check_exact(config, mrc_base(config, splits), "the MRC set (config.mrc.split='test')",
                  "name an exact prefix with --config.mrc.num_examples=1000")
