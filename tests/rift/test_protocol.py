@@ -1,4 +1,4 @@
-"""RiFT's two protocols: the official settings, worst-of-runs robust accuracy, whole splits, OOD data."""
+"""RiFT protocols: official settings, worst-of-runs accuracy, whole splits, OOD data."""
 import collections
 
 import jax
