@@ -21,11 +21,13 @@ module inside a shape group is a traced integer, so a sweep over all modules
 compiles once per shape, not once per module (see
 :func:`make_group_maximizer` for why epochs are a host loop).
 
-Deliberate differences from the official code: the adversarial set is built
-from the validation split by default (the official code uses the test split;
-``split='test'`` reproduces it) with PGD step 2/255 (the official 2/225 is a
-typo); ``project='step'`` (projection after every SGD step, as a PGD on the
-weights) is offered besides the official ``'epoch'``.
+Deliberate differences from the official code: under the default
+(validation) protocol the adversarial set is built from the validation split
+(the official code uses the whole test split, ``main.py:28``; the pipeline's
+``mrc.split='test'`` and ``protocol='official'`` reproduce it) with PGD step
+2/255 (the official ``alpha=2/225`` is a typo); ``project='step'``
+(projection after every SGD step, as a PGD on the weights) is offered besides
+the official ``'epoch'``.
 """
 from __future__ import annotations
 

@@ -113,3 +113,43 @@ def test_cli_bad_input_gives_one_clear_error(tmp_path, repo_root, at_run):
   proc = _cli(cfg, f"--config.at_workdir={at_run}", "--config.finetune.module=nope",
               "--config.reinit.modes=()", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
   assert proc.returncode == 2 and "is not a conv/dense module" in proc.stderr, proc.stderr[-500:]
+
+
+def test_official_protocol_end_to_end(at_run, tmp_path, monkeypatch):
+  """``:official,smoke``: choices on test, all training images, worst of 3 runs, one DataError."""
+  from jaxrobust.errors import DataError
+  from jaxrobust.rift import ood
+  from jaxrobust.rift.pipeline import run_rift
+
+  rift = load_config("cifar10_rift", "official,smoke")
+  rift.at_workdir = at_run
+  rift.reinit.modes = ()
+  rift.finetune.num_steps = 16  # 2 epochs of the 256 smoke images: two checkpoints to choose from.
+  # The official CIFAR-10-C is not here: one DataError before any stage runs.
+  monkeypatch.setattr(ood, "_tfds_problem", lambda *a: "TFDS has not prepared it")
+  rift.eval.ood.source, rift.eval.ood.test_examples = "official", 40
+  rift.eval.ood.data_dir = str(tmp_path / "no_c10c")
+  with pytest.raises(DataError, match="official CIFAR-10-C data is missing"):
+    run_rift(rift, str(tmp_path / "missing"))
+  assert not (tmp_path / "missing" / "mrc.json").exists()
+  rift.eval.ood.source = "none"
+  report = run_rift(rift, str(tmp_path / "official"))
+  assert (report["protocol"], report["selection_split"]) == ("official", "test")
+  assert (report["mrc"]["split"], report["mrc"]["num_examples"]) == ("test", 64)
+  assert report["test_size"] == 80 and report["test_runs"] == 3
+  assert report["finetune"]["train_examples"] == 256  # the AT run's subset, no validation held out.
+  for label in ("at", "rift", "finetuned"):
+    row = report["test"][label]
+    assert len(row["robust_runs"]) == 3 and row["robust"] == min(row["robust_runs"])
+    assert row["robust_pointwise"] <= row["robust"] <= row["clean"]
+  # The alpha grid is on test: its alpha = 0 clean accuracy is the test table's.
+  grid = {r["alpha"]: r for r in report["interpolation"]["records"]}
+  assert grid[0.0]["clean"] == report["test"]["at"]["clean"]
+  # The fine-tuned epoch: the best clean test accuracy, earlier on ties (official main.py).
+  sel = json.loads((tmp_path / "official" / "finetune" / "selection.json").read_text())
+  accs = {int(k): v for k, v in sel["clean_by_step"].items()}
+  assert sorted(accs) == [8, 16]
+  assert sel["chosen_step"] == min(s for s in accs if accs[s] == max(accs.values()))
+  assert report["finetune"]["best_step"] == sel["chosen_step"]
+  md = (tmp_path / "official" / "report.md").read_text()
+  assert "Protocol: official" in md and "worst run of 3 runs" in md

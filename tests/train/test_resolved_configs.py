@@ -22,6 +22,11 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   "config.train.weight_decay_mask": "all", "config.train.boundaries_epochs": [],
                   "config.train.cyclic_base_momentum": None, "config.data.image_shape": [],
                   "config.data.image_size": 0}
+# Keys added with RiFT's two protocols; these values are the validation protocol's previous
+# behaviour (one test run, exact test images only, OOD files from the default place).
+NEW_RIFT_KEYS = {"config.protocol": "validation", "config.eval.test_runs": 1,
+                 "config.eval.test_reduce": "run", "config.eval.allow_lossy_test": False,
+                 "config.eval.ood.data_dir": ""}
 CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 
 
@@ -49,12 +54,12 @@ def test_effective_settings_are_unchanged(name, arg):
   assert got["attacks"] == want["attacks"]  # every branch, key by key, eps filled in.
   g, w = _flat(got), _flat(want)
   # New: the threat model set once; it is what every branch runs with.
-  new = {} if name == "cifar10_rift" else NEW_TRAIN_KEYS  # RiFT's own schema.
+  new = NEW_RIFT_KEYS if name == "cifar10_rift" else NEW_TRAIN_KEYS  # RiFT's own schema.
   assert {k for k in set(g) - set(w)} == {"config.eps", "config.norm", *new}
   for k, v in new.items():
     if k != "config.train.cyclic_base_momentum":
       assert g[k] == v, (k, g[k], v)
-  if not new:
+  if name == "cifar10_rift":
     pass
   elif g["config.train.schedule"] == "cyclic":  # the :local one-cycle schedule keeps its peak and constant momentum.
     assert g["config.train.cyclic_base_momentum"] == -1.0
