@@ -17,6 +17,7 @@ from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MODELS
 from jaxrobust.methods import get_method, method_config, method_from_config
+from jaxrobust.train.builders import aux_heads_of
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
 
@@ -61,6 +62,9 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   c.model.name = "preact_resnet18"
   c.model.normalize = "cifar10"  # mean/std inside the model.
   c.model.dtype = "float32"  # or 'bfloat16' (compute dtype).
+  # Auxiliary linear heads on the penultimate features that a method trains (e.g.
+  # ('rotation',) for rotation_ssl); evaluation ignores them.
+  c.model.aux_heads = ()
 
   # The threat model, set once: every attack branch (config.method.attack,
   # config.eval.val_attack, config.eval.test_attack) that leaves eps / norm unset
@@ -243,7 +247,12 @@ def validate_config(c) -> None:
   if m.get("teacher_dtype", "") not in ("", "float32", "bfloat16", "float16"):
     _fail(f"config.method.teacher_dtype={m.teacher_dtype!r}; use '', float32, bfloat16 "
           f"or float16")
-  method_from_config(m)
+  method = method_from_config(m)
+  heads = aux_heads_of(c)
+  missing = [h for h in getattr(method, "model_heads", ()) if h not in heads]
+  if missing:
+    _fail(f"method {m.name!r} trains the model's {missing} head(s): set "
+          f"config.model.aux_heads={tuple(heads) + tuple(missing)}")
   attack_from_config(r.eval.val_attack)
   attack_from_config(r.eval.test_attack)
 

@@ -24,7 +24,9 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   "config.data.image_size": 0,
                   # SWA, off (jaxrobust.weights.swa): the training is unchanged.
                   "config.train.swa_start": 0, "config.train.swa_c_epochs": 1,
-                  "config.train.swa_lr": 0.05, "config.train.swa_bn": "recompute_clean"}
+                  "config.train.swa_lr": 0.05, "config.train.swa_bn": "recompute_clean",
+                  # No auxiliary heads: the model is unchanged.
+                  "config.model.aux_heads": []}
 CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 
 
