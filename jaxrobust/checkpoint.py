@@ -87,11 +87,16 @@ def _manager(path: str, keep: int, async_save: bool = False) -> ocp.CheckpointMa
                                            enable_async_checkpointing=async_save))
 
 
+# TrainState fields added later, saved only when set (older checkpoints lack them).
+_OPTIONAL_FIELDS = ("swa",)
+
+
 def _drop_frozen(state):
-  """A TrainState as a dict of its saved fields (everything but ``frozen``)."""
+  """A TrainState as a dict of its saved fields (all but ``frozen`` and unset optional ones)."""
   if dataclasses.is_dataclass(state) and hasattr(state, "frozen"):
     return {f.name: getattr(state, f.name) for f in dataclasses.fields(state)
-            if f.name != "frozen"}
+            if f.name != "frozen" and not (f.name in _OPTIONAL_FIELDS
+                                            and getattr(state, f.name) is None)}
   return state
 
 

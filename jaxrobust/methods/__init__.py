@@ -5,8 +5,9 @@ builds it with :func:`method_from_config`. Registered here: ``standard``
 (:mod:`.standard`), ``pgd_at`` and ``fgsm_at`` (:mod:`.adversarial`),
 ``trades`` (:mod:`.trades`), ``mart`` (:mod:`.mart`), ``awp`` (:mod:`.awp`),
 ``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`), ``vit_pgd_at``
-(:mod:`.vit_recipe`, Mo et al.'s ViT recipe). A new objective is a
-module calling :func:`register_method`.
+(:mod:`.vit_recipe`, Mo et al.'s ViT recipe), ``regmixup`` and our adversarial
+``regmixup_at`` (:mod:`.regmixup`), ``rotation_ssl`` (:mod:`.rotation`). A new
+objective is a module calling :func:`register_method`.
 """
 from __future__ import annotations
 
@@ -22,12 +23,15 @@ from jaxrobust.methods.mart import MART
 from jaxrobust.methods.awp import AWP, relative_weight_perturbation
 from jaxrobust.methods.distill import DISTILL_METHODS, IAD, RSLAD, ARDDistill
 from jaxrobust.methods.vit_recipe import ViTAdversarialTraining
+from jaxrobust.methods.regmixup import RegMixup
+from jaxrobust.methods.rotation import RotationSSL
 
 # The built-in methods (registration order); registered_methods() includes user ones.
 METHODS = registered_methods()
 
 __all__ = ["ARDDistill", "AWP", "AdversarialTraining", "BuildContext", "DISTILL_METHODS", "IAD",
-           "MART", "METHODS", "MethodSpec", "ModelFns", "RSLAD", "Standard", "TRADES",
+           "MART", "METHODS", "MethodSpec", "ModelFns", "RSLAD", "RegMixup",
+           "RotationSSL", "Standard", "TRADES",
            "accuracy_sum", "attack_in_view", "cross_entropy", "get_method", "method_config",
            "method_from_config", "method_settings", "num_teachers", "register_method",
            "registered_methods", "relative_weight_perturbation", "replay_bn_updates",

@@ -3,13 +3,20 @@ from __future__ import annotations
 
 import dataclasses
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from jaxrobust.data import (ArrayDataset, check_image_shape, dataset_info, load_split,
                             train_val_split)
-from jaxrobust.errors import DataError
+from jaxrobust.errors import ConfigError, DataError
 from jaxrobust.models import VIT_MODELS, create_model
+from jaxrobust.models.layers import linear
+
+# Auxiliary heads a method may need on the penultimate features (config.model.aux_heads):
+# name -> outputs. 'rotation': the 4-way rotation head of Hendrycks et al. 2019.
+AUX_HEADS = {"rotation": 4}
 
 
 @dataclasses.dataclass
@@ -82,13 +89,54 @@ def model_kwargs(config, image_shape) -> dict:
   return kw
 
 
+def aux_heads_of(config) -> tuple[str, ...]:
+  """``config.model.aux_heads`` checked against :data:`AUX_HEADS` (``()`` when unset).
+
+  Raises:
+    ConfigError: an unknown or repeated head name.
+  """
+  heads = tuple(config.model.get("aux_heads", ()) or ())
+  unknown = [h for h in heads if h not in AUX_HEADS]
+  if unknown or len(set(heads)) != len(heads):
+    raise ConfigError(f"config.model.aux_heads={heads}: give distinct names among "
+                      f"{sorted(AUX_HEADS)}")
+  return heads
+
+
+def add_aux_heads(model, heads, image_shape, seed: int, dtype=None):
+  """Attaches a linear head ``<name>_head`` per name on the penultimate features, in place.
+
+  Each head is ``nnx.Linear(D, AUX_HEADS[name])`` on the ``[B, D]`` features
+  of ``model(x, return_features=True)`` (as the official code sets
+  ``net.rot_pred = nn.Linear(D, 4)``); its parameters are part of the
+  model's (trained, decayed, checkpointed like the rest); the model's own
+  call ignores them. Returns ``model``.
+  """
+  if not heads:
+    return model
+  x = jnp.zeros((1, *image_shape), jnp.float32)
+  dim = jax.eval_shape(lambda: model(x, train=False, return_features=True)[1]).shape[-1]
+  rngs = nnx.Rngs(seed + 7919)  # not the model's own stream: its weights stay as without.
+  for name in heads:
+    setattr(model, f"{name}_head", linear(dim, AUX_HEADS[name], rngs=rngs, dtype=dtype))
+  return model
+
+
 def build_model(config, image_shape, seed: int | None = None):
-  """The NNX model named by ``config.model`` for images of ``image_shape`` (H, W, C)."""
-  return create_model(config.model.name, seed=config.seed if seed is None else seed,
-                      **model_kwargs(config, image_shape))
+  """The NNX model named by ``config.model`` for images of ``image_shape`` (H, W, C).
+
+  With ``config.model.aux_heads`` the model carries those heads
+  (:func:`add_aux_heads`).
+  """
+  seed = config.seed if seed is None else seed
+  kw = model_kwargs(config, image_shape)
+  model = create_model(config.model.name, seed=seed, **kw)
+  return add_aux_heads(model, aux_heads_of(config), image_shape, seed, kw["dtype"])
 
 
 def model_fingerprint(config, image_shape) -> str:
   """A string identifying the architecture, stored in checkpoints."""
   kw = model_kwargs(config, image_shape)
-  return f"{config.model.name}|classes={kw['num_classes']}|in={tuple(image_shape)}"
+  heads = aux_heads_of(config)
+  return (f"{config.model.name}|classes={kw['num_classes']}|in={tuple(image_shape)}"
+          + (f"|heads={','.join(heads)}" if heads else ""))

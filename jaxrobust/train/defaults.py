@@ -17,6 +17,7 @@ from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MODELS
 from jaxrobust.methods import get_method, method_config, method_from_config
+from jaxrobust.train.builders import aux_heads_of
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
 
@@ -61,6 +62,9 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   c.model.name = "preact_resnet18"
   c.model.normalize = "cifar10"  # mean/std inside the model.
   c.model.dtype = "float32"  # or 'bfloat16' (compute dtype).
+  # Auxiliary linear heads on the penultimate features that a method trains (e.g.
+  # ('rotation',) for rotation_ssl); evaluation ignores them.
+  c.model.aux_heads = ()
 
   # The threat model, set once: every attack branch (config.method.attack,
   # config.eval.val_attack, config.eval.test_attack) that leaves eps / norm unset
@@ -104,6 +108,16 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # min(d, (1+t)/(10+t)). A decay published for batch 1024 (DeepMind: 0.995) is
   # d ** (B / 1024) at batch B (jaxrobust.train.state.ema_decay_for_batch_size).
   c.train.ema_decay = 0.0
+  # SWA (Izmailov et al. 2018; jaxrobust.weights.swa): > 0 averages the weights after
+  # every swa_c_epochs-th epoch from epoch swa_start (1-based) on; at the end the average
+  # gets its BatchNorm statistics recomputed (swa_bn) and is tested and written as the
+  # workdir <workdir>/swa. schedule='swa' is the official LR schedule (lr -> swa_lr).
+  c.train.swa_start = 0  # epochs; 0: off.
+  c.train.swa_c_epochs = 1
+  c.train.swa_lr = 0.05  # schedule='swa' only (official CIFAR PreResNet/WRN value).
+  # 'recompute_clean' (Chen et al. ICLR 2021), 'recompute_adversarial' (the training
+  # attack), or 'none' (the raw model's running averages: what forgetting it gives).
+  c.train.swa_bn = "recompute_clean"
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
   c.train.keep_checkpoints = 2
@@ -168,6 +182,28 @@ def _validate_optimizer(t) -> None:
             f"momentum it cycles from ({top}); lower it, or set -1 for constant momentum")
 
 
+SWA_BN_MODES = ("recompute_clean", "recompute_adversarial", "none")
+
+
+def _validate_swa(t) -> None:
+  """The SWA keys of ``config.train`` (see :mod:`jaxrobust.weights.swa`)."""
+  if t.swa_start < 0 or int(t.swa_start) != t.swa_start:
+    _fail(f"config.train.swa_start must be a whole number of epochs >= 0 (0 = SWA off), got "
+          f"{t.swa_start}")
+  if t.swa_c_epochs < 1 or int(t.swa_c_epochs) != t.swa_c_epochs:
+    _fail(f"config.train.swa_c_epochs must be a whole number >= 1, got {t.swa_c_epochs}")
+  if t.swa_lr < 0:
+    _fail(f"config.train.swa_lr must be >= 0, got {t.swa_lr}")
+  if t.swa_bn not in SWA_BN_MODES:
+    _fail(f"config.train.swa_bn={t.swa_bn!r}; use one of {SWA_BN_MODES}")
+  if t.schedule == "swa" and t.swa_start <= 0:
+    _fail("config.train.schedule='swa' needs config.train.swa_start > 0 (the epoch the "
+          "average starts; the lr reaches swa_lr at 0.9 * swa_start)")
+  if t.swa_start > 0 and not t.num_steps and t.swa_start > t.num_epochs:
+    _fail(f"config.train.swa_start={t.swa_start} is after the last epoch "
+          f"({t.num_epochs}): no weights would be averaged; lower it or set 0 (off)")
+
+
 def validate_config(c) -> None:
   """Checks value ranges and names; raises ConfigError naming the key and the fix.
 
@@ -192,6 +228,7 @@ def validate_config(c) -> None:
   _validate_optimizer(t)
   if not 0 <= t.ema_decay < 1:
     _fail(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
+  _validate_swa(t)
   if c.eval.select not in ("val_robust", "val_clean"):
     _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
   if c.data.val_size < 1 and c.eval.every_epochs > 0:
@@ -210,7 +247,12 @@ def validate_config(c) -> None:
   if m.get("teacher_dtype", "") not in ("", "float32", "bfloat16", "float16"):
     _fail(f"config.method.teacher_dtype={m.teacher_dtype!r}; use '', float32, bfloat16 "
           f"or float16")
-  method_from_config(m)
+  method = method_from_config(m)
+  heads = aux_heads_of(c)
+  missing = [h for h in getattr(method, "model_heads", ()) if h not in heads]
+  if missing:
+    _fail(f"method {m.name!r} trains the model's {missing} head(s): set "
+          f"config.model.aux_heads={tuple(heads) + tuple(missing)}")
   attack_from_config(r.eval.val_attack)
   attack_from_config(r.eval.test_attack)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 
 import jax
@@ -29,6 +30,7 @@ from jaxrobust.train.preemption import PreemptionGuard, WorkdirLock
 from jaxrobust.train.restore import load_trained
 from jaxrobust.train.state import create_train_state
 from jaxrobust.train.step import jit_train_step, make_train_step
+from jaxrobust.weights.swa import collects_after_epoch, swa_update
 from jaxrobust.utils import MetricWriter
 
 log = logging.getLogger("jaxrobust")
@@ -200,8 +202,9 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
   model = build_model(config, image_shape)
   tx = make_optimizer(config.train, total_steps, steps_per_epoch)
   teachers, frozen = load_teachers(config, mesh)
+  swa_on = config.train.swa_start > 0
   graphdef, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0,
-                                       frozen=frozen)
+                                       frozen=frozen, swa=swa_on)
   model_fns = ModelFns(graphdef)
   method = method_from_config(config.method, steps_per_epoch=steps_per_epoch,
                               teachers=teachers, weight_decay=config.train.weight_decay)
@@ -235,6 +238,7 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
   val_step = make_eval_step(model_fns, attacks_from_config(
       {"clean": None, "robust": dict(config.eval.val_attack)}), mesh)
   writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main)
+  swa_step = jax.jit(swa_update)
 
   def diverged(what, step):
     # Every saved checkpoint is finite (Checkpointer.save refuses NaN/inf), so the
@@ -273,6 +277,10 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
       sums = metrics if sums is None else jax.tree.map(lambda a, b: a + b, sums, metrics)
       bar.update(1)
       epoch_end = step % steps_per_epoch == 0
+      if swa_on and epoch_end and collects_after_epoch(
+          step // steps_per_epoch - 1, config.train.swa_start, config.train.swa_c_epochs):
+        # Before this epoch's checkpoint: the average and its count resume with it.
+        state = state.replace(swa=swa_step(state.swa, state.params))
       if step % config.train.log_every_steps == 0 or epoch_end or step == total_steps:
         check_finite(sums, step)
         summary = _summarise(sums)
@@ -317,17 +325,73 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
     writer.close()
 
   try:
-    report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks)
+    report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks, given)
   finally:
     ckpt.close()
   return report
 
 
-def final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks=None) -> dict:
+def swa_batch_stats(config, model_fns, state, splits):
+  """BatchNorm statistics for the SWA average per ``config.train.swa_bn``.
+
+  ``recompute_clean`` / ``recompute_adversarial``: one epoch of the training
+  split (the run's augmentation and batch size, seed ``config.seed + 3``, the
+  whole split in every process) through
+  :func:`jaxrobust.weights.recompute_batch_stats`, on clean images or on
+  adversarial ones from the training attack (``config.method.attack``, else
+  ``config.eval.val_attack``); ``none``: the raw model's running averages.
+  """
+  from jaxrobust.attacks import attack_from_config  # pylint: disable=g-import-not-at-top
+  from jaxrobust.weights.bn import recompute_batch_stats  # pylint: disable=g-import-not-at-top
+  mode = config.train.swa_bn
+  if mode == "none":
+    return state.batch_stats
+  c = config
+  it = TrainIterator(splits.train, c.train.batch_size, c.seed + 3, augment=c.data.augment,
+                     pad=c.data.pad, pad_mode=c.data.pad_mode, flip=c.data.flip)
+  perturb = None
+  if mode == "recompute_adversarial":
+    perturb = attack_from_config(dict(c.method.get("attack") or c.eval.val_attack))
+  batches = (next(it) for _ in range(it.steps_per_epoch))
+  return recompute_batch_stats(model_fns, state.swa.params, state.batch_stats, batches,
+                               perturb=perturb, rng=jax.random.PRNGKey(c.seed + 3))
+
+
+def write_swa_run(config, given, workdir: str, state, batch_stats) -> str:
+  """Writes the SWA model as the trained-run workdir ``<workdir>/swa`` (rewritten each time).
+
+  Its ``config.json`` is the run's without EMA or SWA (a plain model), so
+  ``python -m jaxrobust.evaluate --workdir <workdir>/swa`` evaluates the
+  average with its recomputed statistics (``weights.json`` records how).
+  """
+  from jaxrobust.train.restore import TrainedModel  # pylint: disable=g-import-not-at-top
+  from jaxrobust.weights.runs import write_workdir  # pylint: disable=g-import-not-at-top
+  out = os.path.join(workdir, "swa")
+  if jax.process_index() == 0 and os.path.isdir(out):
+    shutil.rmtree(out)  # the same state always gives the same average.
+  plain = given.copy_and_resolve_references()
+  plain.data.image_shape = tuple(config.data.image_shape)
+  plain.train.ema_decay, plain.train.swa_start = 0.0, 0
+  if plain.train.schedule == "swa":
+    plain.train.schedule = "constant"  # a schedule that needs no swa_start.
+  source = TrainedModel(plain, None, None, None, int(state.step), "latest", workdir, False)
+  recipe = {"recipe": "swa", "source": os.path.abspath(workdir), "step": int(state.step),
+            "count": int(jax.device_get(state.swa.count)),
+            "swa_start": int(config.train.swa_start),
+            "swa_c_epochs": int(config.train.swa_c_epochs), "bn": config.train.swa_bn}
+  return write_workdir(out, source, state.swa.params, batch_stats, recipe)
+
+
+def final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks=None,
+               given=None) -> dict:
   """Clean and PGD accuracy on the test subset for the last and best checkpoints.
 
   ``config`` is resolved (:func:`jaxrobust.train.defaults.resolve_config`);
   ``attacks`` (the effective attack of every branch) is stored in the report.
+  With SWA (``config.train.swa_start > 0``) and at least one averaged epoch,
+  the average is tested too (``report['swa']``, BatchNorm statistics per
+  ``config.train.swa_bn``) and written as the workdir ``<workdir>/swa``
+  (:func:`write_swa_run`; ``given`` is the config as given, saved there).
   """
   test_step = make_eval_step(model_fns, attacks_from_config(
       {"clean": None, "robust": dict(config.eval.test_attack)}), mesh)
@@ -344,10 +408,21 @@ def final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks=No
     report["best"] = evaluate_accuracy(test_step, _params_for_eval(bstate), bstate.batch_stats,
                                        splits.test, config.eval.batch_size, mesh, key, "test")
     report["best"]["step"] = int(bstate.step)
+  count = 0 if state.swa is None else int(jax.device_get(state.swa.count))
+  if count:
+    batch_stats = swa_batch_stats(config, model_fns, state, splits)
+    report["swa"] = evaluate_accuracy(test_step, state.swa.params, batch_stats, splits.test,
+                                      config.eval.batch_size, mesh, key, "test")
+    report["swa"].update(step=int(state.step), count=count, bn=config.train.swa_bn,
+                         workdir=write_swa_run(config, given or config, workdir, state,
+                                               batch_stats))
+  elif state.swa is not None:
+    log.warning("SWA averaged no epoch (config.train.swa_start=%d); no swa model",
+                config.train.swa_start)
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "report.json"), "w", encoding="utf-8") as f:
       json.dump(report, f, indent=2)
-    for which in ("last", "best"):
+    for which in ("last", "best", "swa"):
       if which in report:
         r = report[which]
         print(f"test[:{report['test_size']}] {which} (step {r['step']}): clean accuracy "

@@ -31,7 +31,7 @@ from jaxrobust.errors import ConfigError
 from jaxrobust.utils.paths import param_name, select_leaves
 
 OPTIMIZERS = ("sgd", "adamw", "adam")
-SCHEDULES = ("piecewise", "cosine", "cyclic", "constant")
+SCHEDULES = ("piecewise", "cosine", "cyclic", "constant", "swa")
 WEIGHT_DECAY_MASKS = ("all", "no_norm_bias")  # or a regex over dotted parameter names.
 # Leaf names of normalisation scales/offsets and biases in flax NNX (BatchNorm,
 # LayerNorm, GroupNorm, RMSNorm: 'scale', 'bias'; Linear/Conv: 'bias').
@@ -83,6 +83,11 @@ def make_schedule(t, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
     first step; the momentum cycles too (:func:`make_momentum_schedule`). The
     CPU ``:local`` budgets keep a peak at 0.4 and constant momentum.
   * ``constant``: ``lr``.
+  * ``swa``: the official SWA schedule (Izmailov et al. 2018,
+    ``timgaripov/swa:train.py``), set once per epoch from the epoch index
+    ``e``: ``lr`` until ``e / swa_start = 0.5``, linear down to ``swa_lr`` at
+    0.9, then ``swa_lr`` (:func:`jaxrobust.weights.swa_schedule`); needs
+    ``swa_start > 0``.
 
   An optional linear warm-up 0 -> ``lr`` over ``warmup_epochs`` precedes the
   schedule (``optax.join_schedules``); the fractional schedules then span the
@@ -111,6 +116,11 @@ def make_schedule(t, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
     sched = _linear_up_down(t.lr, _cyclic_peak_step(t, main), main)
   elif t.schedule == "constant":
     sched = optax.constant_schedule(t.lr)
+  elif t.schedule == "swa":
+    from jaxrobust.weights.swa import swa_schedule  # pylint: disable=g-import-not-at-top
+    swa = swa_schedule(t.lr, t.swa_lr, t.swa_start, steps_per_epoch)
+    # Epochs count from the start of training (after a warm-up, if any).
+    sched = swa if warmup <= 0 else (lambda step: swa(step + warmup))
   else:
     raise ConfigError(f"config.train.schedule={t.schedule!r} is unknown; choose one of "
                       f"{SCHEDULES}")

@@ -100,7 +100,8 @@ def load_trained(workdir: str, which: str = "best", step: int | None = None, mes
   image_shape = image_shape_of(config)
   model = build_model(config, image_shape)
   graphdef, state = create_train_state(model, make_optimizer(config.train, 1, 1), 0,
-                                       ema=config.train.ema_decay > 0)
+                                       ema=config.train.ema_decay > 0,
+                                       swa=config.train.swa_start > 0)
   state = parallel.replicate(state, mesh)
   ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
   try:  # never falls back to another checkpoint: the user asked for this one.

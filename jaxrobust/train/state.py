@@ -24,6 +24,10 @@ class TrainState:
     frozen: read-only inputs of the method (e.g. a distillation teacher's
       weights) passed into the jitted step as arguments, never updated and
       not written to checkpoints; None when unused.
+    swa: :class:`jaxrobust.weights.swa.SWAState` (the SWA running mean of
+      ``params`` and its count) when ``config.train.swa_start > 0``, else None
+      (then not written to checkpoints, so runs without SWA keep their
+      checkpoint layout).
   """
   step: jax.Array
   params: Any
@@ -32,6 +36,7 @@ class TrainState:
   ema_params: Any
   rng: jax.Array
   frozen: Any = None
+  swa: Any = None
 
 
 def split_model(model: nnx.Module):
@@ -41,13 +46,18 @@ def split_model(model: nnx.Module):
 
 
 def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
-                       ema: bool = False, frozen: Any = None):
-  """Returns ``(graphdef, TrainState)`` for a freshly initialised ``model``."""
+                       ema: bool = False, frozen: Any = None, swa: bool = False):
+  """Returns ``(graphdef, TrainState)`` for a freshly initialised ``model``.
+
+  ``ema`` keeps an EMA of the parameters, ``swa`` an (empty) SWA average.
+  """
+  from jaxrobust.weights.swa import swa_init  # pylint: disable=g-import-not-at-top
   graphdef, params, batch_stats = split_model(model)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                      opt_state=tx.init(params),
                      ema_params=jax.tree.map(jnp.copy, params) if ema else None,
-                     rng=jax.random.PRNGKey(seed), frozen=frozen)
+                     rng=jax.random.PRNGKey(seed), frozen=frozen,
+                     swa=swa_init(params) if swa else None)
   return graphdef, state
 
 

@@ -15,12 +15,18 @@ BatchNorm statistics):
 * :func:`recompute_batch_stats` -- BatchNorm statistics recomputed for given
   weights (cumulative average over one pass, clean or adversarial inputs).
 * :func:`ema_decay_for_batch_size` -- the EMA decay rescaled to a batch size.
+* :func:`reinit_weights`, :func:`reinit_leaves`, :func:`fresh_weights` --
+  chosen modules re-initialised (Zhang, Bengio & Singer 2022), the rest kept.
 
 Runs in, workdirs out (:mod:`jaxrobust.weights.recipes`)::
 
     python -m jaxrobust.weights soup --workdirs A B C --select val_robust --out DIR
     python -m jaxrobust.weights interpolate --from A --to B --alphas 0:1:0.1 --out DIR
     python -m jaxrobust.weights recalibrate --workdirs A --bn recompute_clean --out DIR
+    python -m jaxrobust.weights reinit --workdirs A --modules '^linear' --out DIR
+
+SWA during training is ``config.train.swa_start`` (:mod:`jaxrobust.weights.swa`;
+the trainer writes the average as ``<workdir>/swa``).
 
 Each writes a workdir that ``python -m jaxrobust.evaluate --workdir DIR``
 reads like a trained run.
@@ -31,11 +37,13 @@ from jaxrobust.weights.merge import (SELECTION_RULES, check_compatible, diagonal
                                      fisher_merge, greedy_soup, interpolate, parse_alphas,
                                      select_alpha, select_max, sweep, uniform_soup,
                                      weighted_mean)
+from jaxrobust.weights.reinit import REINIT_MODES, fresh_weights, reinit_leaves, reinit_weights
 from jaxrobust.weights.swa import (SWAState, collects_after_epoch, swa_init, swa_learning_rate,
                                    swa_schedule, swa_update)
 
-__all__ = ["SELECTION_RULES", "SWAState", "check_compatible", "collects_after_epoch",
-           "diagonal_fisher", "ema_decay_for_batch_size", "fisher_merge", "greedy_soup",
-           "interpolate", "parse_alphas", "recompute_batch_stats", "select_alpha", "select_max",
-           "swa_init", "swa_learning_rate", "swa_schedule", "swa_update", "sweep",
+__all__ = ["REINIT_MODES", "SELECTION_RULES", "SWAState", "check_compatible",
+           "collects_after_epoch", "diagonal_fisher", "ema_decay_for_batch_size",
+           "fisher_merge", "fresh_weights", "greedy_soup", "interpolate", "parse_alphas",
+           "recompute_batch_stats", "reinit_leaves", "reinit_weights", "select_alpha",
+           "select_max", "swa_init", "swa_learning_rate", "swa_schedule", "swa_update", "sweep",
            "uniform_soup", "weighted_mean"]

@@ -7,13 +7,17 @@
         [--select clean_within_robust_tolerance|val_robust|val_clean]
         [--robust_tolerance 0.01] [--bn ...] [--save_all] --out DIR
     python -m jaxrobust.weights recalibrate --workdirs A [--bn recompute_clean] --out DIR
+    python -m jaxrobust.weights reinit --workdirs A --modules REGEX
+        [--reinit_mode reinit|rerandom] [--seed N] [--reset_batch_stats] --out DIR
 
 ``A``, ``B``, ``C`` are ``--workdir`` directories of ``python -m
 jaxrobust.train`` runs of one architecture. Selection uses the runs'
 validation split (held out from train) and their ``config.eval.val_attack``.
 ``DIR`` is then read like any trained run: ``python -m jaxrobust.evaluate
 --workdir DIR``. ``recalibrate`` recomputes the BatchNorm statistics of one
-run (of its EMA weights when it kept them). See :mod:`jaxrobust.weights.recipes`.
+run (of its EMA weights when it kept them). ``reinit`` re-initialises the
+parameters whose dotted name matches ``--modules`` (:mod:`jaxrobust.weights.reinit`).
+See :mod:`jaxrobust.weights.recipes`.
 """
 from jaxrobust.cli import apply_cpu_defaults, run_main
 
@@ -21,11 +25,11 @@ apply_cpu_defaults()
 
 from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
 
-COMMANDS = ("soup", "interpolate", "recalibrate")
+COMMANDS = ("soup", "interpolate", "recalibrate", "reinit")
 
 _WORKDIRS = flags.DEFINE_multi_string(
     "workdirs", [], "soup: the ingredient runs (--workdirs A B C or repeated --workdirs); "
-    "recalibrate: the one run.")
+    "recalibrate, reinit: the one run.")
 _FROM = flags.DEFINE_string("from", None, "interpolate: run at alpha = 0 (e.g. the AT model).")
 _TO = flags.DEFINE_string("to", None, "interpolate: run at alpha = 1 (e.g. the fine-tuned one).")
 _ALPHAS = flags.DEFINE_string("alphas", "0:1:0.1", "interpolate: start:stop:step or a comma list.")
@@ -41,6 +45,14 @@ _BN = flags.DEFINE_enum("bn", None, ["average", "recompute_clean", "recompute_ad
                         "recomputed over one epoch of training data (clean or adversarial). "
                         "Default: average (soup, interpolate), recompute_clean (recalibrate).")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of each run.")
+_MODULES = flags.DEFINE_string("modules", None, "reinit: regex over dotted parameter names "
+                               "(e.g. 'convs\\.0\\.' or '^linear\\.').")
+_REINIT_MODE = flags.DEFINE_enum("reinit_mode", "reinit", ["reinit", "rerandom"],
+                                 "reinit: the run's initial weights (its seed) or a fresh "
+                                 "random draw (--seed, default the run's seed + 1).")
+_SEED = flags.DEFINE_integer("seed", None, "reinit: initialisation seed (overrides the mode's).")
+_RESET_BN = flags.DEFINE_bool("reset_batch_stats", False, "reinit: also reset the matched "
+                              "modules' BatchNorm running averages.")
 _SAVE_ALL = flags.DEFINE_bool("save_all", False, "interpolate: also write every grid point as "
                               "<out>/alpha_<alpha>/.")
 
@@ -79,6 +91,14 @@ def main(argv):
     check_workdir(_OUT.value, "--out")
     recipes.soup_runs(_WORKDIRS.value, _OUT.value, _RECIPE.value, _SELECT.value or "val_robust",
                       _WHICH.value, _BN.value or "average")
+  elif argv[1] == "reinit":
+    from jaxrobust.weights.reinit import reinit_run  # pylint: disable=g-import-not-at-top
+    if len(_WORKDIRS.value) != 1 or not _MODULES.value:
+      raise ConfigError(f"reinit takes one run and a regex: --workdirs A --modules REGEX (got "
+                        f"--workdirs {_WORKDIRS.value}, --modules {_MODULES.value!r})")
+    check_workdir(_OUT.value, "--out")
+    reinit_run(_WORKDIRS.value[0], _OUT.value, _MODULES.value, _REINIT_MODE.value, _SEED.value,
+               _WHICH.value, _RESET_BN.value)
   elif argv[1] == "recalibrate":
     if len(_WORKDIRS.value) != 1:
       raise ConfigError(f"recalibrate takes one run: --workdirs A (got {_WORKDIRS.value})")

@@ -148,7 +148,8 @@ def write_workdir(out: str, source: TrainedModel, params, batch_stats, recipe: d
   image_shape = image_shape_of(config)
   model = build_model(config, image_shape)
   tx = make_optimizer(config.train, 1, 1)
-  _, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0)
+  _, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0,
+                                swa=config.train.swa_start > 0)
   check_compatible([state.params, params], "models")
   check_compatible([state.batch_stats, batch_stats], "models")
   params = jax.tree.map(lambda a: jax.numpy.asarray(a).copy(), params)

@@ -21,7 +21,12 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   "config.train.adam_eps": 1e-8, "config.train.clip_by_global_norm": 0.0,
                   "config.train.weight_decay_mask": "all", "config.train.boundaries_epochs": [],
                   "config.train.cyclic_base_momentum": None, "config.data.image_shape": [],
-                  "config.data.image_size": 0}
+                  "config.data.image_size": 0,
+                  # SWA, off (jaxrobust.weights.swa): the training is unchanged.
+                  "config.train.swa_start": 0, "config.train.swa_c_epochs": 1,
+                  "config.train.swa_lr": 0.05, "config.train.swa_bn": "recompute_clean",
+                  # No auxiliary heads: the model is unchanged.
+                  "config.model.aux_heads": []}
 # Keys added with RiFT's two protocols; these values are the validation protocol's previous
 # behaviour (one test run, exact test images only, OOD files from the default place).
 NEW_RIFT_KEYS = {"config.protocol": "validation", "config.eval.test_runs": 1,
