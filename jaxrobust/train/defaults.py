@@ -108,7 +108,7 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # min(d, (1+t)/(10+t)). A decay published for batch 1024 (DeepMind: 0.995) is
   # d ** (B / 1024) at batch B (jaxrobust.train.state.ema_decay_for_batch_size).
   c.train.ema_decay = 0.0
-  # SWA (Izmailov et al. 2018; jaxrobust.weights.swa): > 0 averages the weights after
+  # SWA (Izmailov et al. 2018; jaxrobust.train.swa): > 0 averages the weights after
   # every swa_c_epochs-th epoch from epoch swa_start (1-based) on; at the end the average
   # gets its BatchNorm statistics recomputed (swa_bn) and is tested and written as the
   # workdir <workdir>/swa. schedule='swa' is the official LR schedule (lr -> swa_lr).
@@ -186,7 +186,7 @@ SWA_BN_MODES = ("recompute_clean", "recompute_adversarial", "none")
 
 
 def _validate_swa(t) -> None:
-  """The SWA keys of ``config.train`` (see :mod:`jaxrobust.weights.swa`)."""
+  """The SWA keys of ``config.train`` (see :mod:`jaxrobust.train.swa`)."""
   if t.swa_start < 0 or int(t.swa_start) != t.swa_start:
     _fail(f"config.train.swa_start must be a whole number of epochs >= 0 (0 = SWA off), got "
           f"{t.swa_start}")

@@ -30,7 +30,7 @@ from jaxrobust.train.preemption import PreemptionGuard, WorkdirLock
 from jaxrobust.train.restore import load_trained
 from jaxrobust.train.state import create_train_state
 from jaxrobust.train.step import jit_train_step, make_train_step
-from jaxrobust.weights.swa import collects_after_epoch, swa_update
+from jaxrobust.train.swa import collects_after_epoch, swa_update
 from jaxrobust.utils import MetricWriter
 
 log = logging.getLogger("jaxrobust")
@@ -342,7 +342,7 @@ def swa_batch_stats(config, model_fns, state, splits):
   ``config.eval.val_attack``); ``none``: the raw model's running averages.
   """
   from jaxrobust.attacks import attack_from_config  # pylint: disable=g-import-not-at-top
-  from jaxrobust.weights.bn import recompute_batch_stats  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.bn import recompute_batch_stats  # pylint: disable=g-import-not-at-top
   mode = config.train.swa_bn
   if mode == "none":
     return state.batch_stats
@@ -364,8 +364,7 @@ def write_swa_run(config, given, workdir: str, state, batch_stats) -> str:
   ``python -m jaxrobust.evaluate --workdir <workdir>/swa`` evaluates the
   average with its recomputed statistics (``weights.json`` records how).
   """
-  from jaxrobust.train.restore import TrainedModel  # pylint: disable=g-import-not-at-top
-  from jaxrobust.weights.runs import write_workdir  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.restore import TrainedModel, write_workdir  # pylint: disable=g-import-not-at-top
   out = os.path.join(workdir, "swa")
   if jax.process_index() == 0 and os.path.isdir(out):
     shutil.rmtree(out)  # the same state always gives the same average.

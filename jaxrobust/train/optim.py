@@ -117,7 +117,7 @@ def make_schedule(t, total_steps: int, steps_per_epoch: int) -> optax.Schedule:
   elif t.schedule == "constant":
     sched = optax.constant_schedule(t.lr)
   elif t.schedule == "swa":
-    from jaxrobust.weights.swa import swa_schedule  # pylint: disable=g-import-not-at-top
+    from jaxrobust.train.swa import swa_schedule  # pylint: disable=g-import-not-at-top
     swa = swa_schedule(t.lr, t.swa_lr, t.swa_start, steps_per_epoch)
     # Epochs count from the start of training (after a warm-up, if any).
     sched = swa if warmup <= 0 else (lambda step: swa(step + warmup))

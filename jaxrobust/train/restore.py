@@ -1,4 +1,9 @@
-"""Load a model trained by ``jaxrobust.train`` from its workdir."""
+"""Trained-run workdirs: load a model trained by ``jaxrobust.train``, or write one.
+
+:func:`write_workdir` writes weights (a merge, an SWA average) as a workdir that
+:func:`load_trained`, ``python -m jaxrobust.evaluate``, RiFT and fine-tuning
+read like any training run.
+"""
 from __future__ import annotations
 
 import dataclasses
@@ -6,6 +11,7 @@ import json
 import os
 from typing import Any
 
+import jax
 import ml_collections
 
 from jaxrobust import parallel
@@ -17,6 +23,7 @@ from jaxrobust.train.builders import build_model, image_shape_of, model_fingerpr
 from jaxrobust.train.defaults import config_for_saved
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.state import create_train_state
+from jaxrobust.utils.paths import check_compatible
 
 _DICT_FIELDS = ("attack", "val_attack", "test_attack")
 
@@ -123,3 +130,60 @@ def load_trained(workdir: str, which: str = "best", step: int | None = None, mes
   ema = use_ema and state.ema_params is not None
   return TrainedModel(config, ModelFns(graphdef), state.ema_params if ema else state.params,
                       state.batch_stats, int(state.step), which, os.path.abspath(workdir), ema)
+
+
+def write_workdir(out: str, source: TrainedModel, params, batch_stats, recipe: dict,
+                  step: int | None = None) -> str:
+  """Writes ``params`` / ``batch_stats`` as a trained-run workdir ``out`` (see module doc).
+
+  The train state is a fresh one of ``source``'s config (optimiser state
+  re-initialised, step ``step`` or ``source.step``) holding the merged
+  weights; when the config keeps an EMA, the EMA weights are the merged
+  weights too, so :func:`load_trained` returns them either way. The
+  checkpoint is saved as both ``latest`` and ``best``.
+
+  Returns:
+    The absolute path of ``out``.
+
+  Raises:
+    ConfigError: weights of another architecture than ``source``'s model.
+    CheckpointError: NaN/inf weights (nothing is written).
+  """
+  config = source.config
+  image_shape = image_shape_of(config)
+  model = build_model(config, image_shape)
+  tx = make_optimizer(config.train, 1, 1)
+  _, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0,
+                                swa=config.train.swa_start > 0)
+  check_compatible([state.params, params], "models")
+  check_compatible([state.batch_stats, batch_stats], "models")
+  params = jax.tree.map(lambda a: jax.numpy.asarray(a).copy(), params)
+  state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
+                        ema_params=None if state.ema_params is None else params,
+                        step=jax.numpy.asarray(source.step if step is None else step,
+                                               jax.numpy.int32))
+  check_fresh(out)
+  os.makedirs(out, exist_ok=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(out, "weights.json"), "w", encoding="utf-8") as f:
+      json.dump(recipe, f, indent=2, default=str)
+  ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=1)
+  try:
+    ckpt.save(int(state.step), state, {"model": model_fingerprint(config, image_shape),
+                                       "weights_recipe": recipe.get("recipe", "")}, best=True)
+  finally:
+    ckpt.close()
+  return os.path.abspath(out)
+
+
+def check_fresh(out: str) -> None:
+  """Refuses an output directory that already holds a run (never overwritten).
+
+  Raises:
+    ConfigError: ``out`` has ``checkpoints/`` or ``config.json``.
+  """
+  for name in ("checkpoints", "config.json"):
+    if os.path.exists(os.path.join(out, name)):
+      raise ConfigError(f"--out {out} already holds a run ({name}); choose a fresh directory")

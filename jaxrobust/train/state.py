@@ -24,7 +24,7 @@ class TrainState:
     frozen: read-only inputs of the method (e.g. a distillation teacher's
       weights) passed into the jitted step as arguments, never updated and
       not written to checkpoints; None when unused.
-    swa: :class:`jaxrobust.weights.swa.SWAState` (the SWA running mean of
+    swa: :class:`jaxrobust.train.swa.SWAState` (the SWA running mean of
       ``params`` and its count) when ``config.train.swa_start > 0``, else None
       (then not written to checkpoints, so runs without SWA keep their
       checkpoint layout).
@@ -51,7 +51,7 @@ def create_train_state(model: nnx.Module, tx: optax.GradientTransformation, seed
 
   ``ema`` keeps an EMA of the parameters, ``swa`` an (empty) SWA average.
   """
-  from jaxrobust.weights.swa import swa_init  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.swa import swa_init  # pylint: disable=g-import-not-at-top
   graphdef, params, batch_stats = split_model(model)
   state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                      opt_state=tx.init(params),

@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import jax
+import numpy as np
 
 from jaxrobust.errors import ConfigError
 
@@ -52,3 +53,31 @@ def select_leaves(tree, pattern: str, what: str = "pattern") -> Any:
     names = [n for n, _ in named_leaves(tree)]
     raise ConfigError(f"{what}={pattern!r} matches no parameter; names are {names}")
   return mask
+
+
+def check_compatible(trees: Sequence[Any], what: str = "models") -> None:
+  """Refuses trees that cannot be merged leaf by leaf.
+
+  Args:
+    trees: pytrees (parameters or BatchNorm statistics of several models).
+    what: how the error names them (e.g. ``'soup ingredients'``).
+
+  Raises:
+    ConfigError: fewer than one tree, or two trees of different structure
+      (layer names) or leaf shapes, i.e. different architectures.
+  """
+  if not trees:
+    raise ConfigError(f"no {what} to merge; give at least one")
+  ref = trees[0]
+  ref_struct = jax.tree.structure(ref)
+  for i, t in enumerate(trees[1:], 1):
+    if jax.tree.structure(t) != ref_struct:
+      a = {n for n, _ in named_leaves(ref)}
+      b = {n for n, _ in named_leaves(t)}
+      diff = sorted(a ^ b)[:3]
+      raise ConfigError(f"cannot merge {what} of different architectures: {what} 0 and {i} "
+                        f"have different layers (e.g. {diff}); merge models of one architecture")
+    for (name, x), (_, y) in zip(named_leaves(ref), named_leaves(t)):
+      if np.shape(x) != np.shape(y):
+        raise ConfigError(f"cannot merge {what} of different architectures: {name} has shape "
+                          f"{np.shape(x)} in {what} 0 but {np.shape(y)} in {what} {i}")

@@ -25,20 +25,20 @@ Runs in, workdirs out (:mod:`jaxrobust.weights.recipes`)::
     python -m jaxrobust.weights recalibrate --workdirs A --bn recompute_clean --out DIR
     python -m jaxrobust.weights reinit --workdirs A --modules '^linear' --out DIR
 
-SWA during training is ``config.train.swa_start`` (:mod:`jaxrobust.weights.swa`;
+SWA during training is ``config.train.swa_start`` (:mod:`jaxrobust.train.swa`;
 the trainer writes the average as ``<workdir>/swa``).
 
 Each writes a workdir that ``python -m jaxrobust.evaluate --workdir DIR``
 reads like a trained run.
 """
 from jaxrobust.train.state import ema_decay_for_batch_size
-from jaxrobust.weights.bn import recompute_batch_stats
+from jaxrobust.train.bn import recompute_batch_stats
 from jaxrobust.weights.merge import (SELECTION_RULES, check_compatible, diagonal_fisher,
                                      fisher_merge, greedy_soup, interpolate, parse_alphas,
                                      select_alpha, select_max, sweep, uniform_soup,
                                      weighted_mean)
 from jaxrobust.weights.reinit import REINIT_MODES, fresh_weights, reinit_leaves, reinit_weights
-from jaxrobust.weights.swa import (SWAState, collects_after_epoch, swa_init, swa_learning_rate,
+from jaxrobust.train.swa import (SWAState, collects_after_epoch, swa_init, swa_learning_rate,
                                    swa_schedule, swa_update)
 
 __all__ = ["REINIT_MODES", "SELECTION_RULES", "SWAState", "check_compatible",

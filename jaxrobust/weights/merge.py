@@ -31,36 +31,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxrobust.errors import ConfigError
-from jaxrobust.utils.paths import named_leaves
-from jaxrobust.weights.bn import as_float_images
-
-
-def check_compatible(trees: Sequence[Any], what: str = "models") -> None:
-  """Refuses trees that cannot be merged leaf by leaf.
-
-  Args:
-    trees: pytrees (parameters or BatchNorm statistics of several models).
-    what: how the error names them (e.g. ``'soup ingredients'``).
-
-  Raises:
-    ConfigError: fewer than one tree, or two trees of different structure
-      (layer names) or leaf shapes, i.e. different architectures.
-  """
-  if not trees:
-    raise ConfigError(f"no {what} to merge; give at least one")
-  ref = trees[0]
-  ref_struct = jax.tree.structure(ref)
-  for i, t in enumerate(trees[1:], 1):
-    if jax.tree.structure(t) != ref_struct:
-      a = {n for n, _ in named_leaves(ref)}
-      b = {n for n, _ in named_leaves(t)}
-      diff = sorted(a ^ b)[:3]
-      raise ConfigError(f"cannot merge {what} of different architectures: {what} 0 and {i} "
-                        f"have different layers (e.g. {diff}); merge models of one architecture")
-    for (name, x), (_, y) in zip(named_leaves(ref), named_leaves(t)):
-      if np.shape(x) != np.shape(y):
-        raise ConfigError(f"cannot merge {what} of different architectures: {name} has shape "
-                          f"{np.shape(x)} in {what} 0 but {np.shape(y)} in {what} {i}")
+from jaxrobust.utils.paths import check_compatible  # noqa: F401  (public here too)
+from jaxrobust.train.bn import as_float_images
 
 
 def interpolate(theta_0, theta_1, alpha: float):

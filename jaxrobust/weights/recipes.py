@@ -19,7 +19,7 @@ import jax
 from jaxrobust.attacks import attack_from_config
 from jaxrobust.data import TrainIterator
 from jaxrobust.errors import ConfigError
-from jaxrobust.weights.bn import recompute_batch_stats
+from jaxrobust.train.bn import recompute_batch_stats
 from jaxrobust.weights.merge import (SELECTION_RULES, greedy_soup, interpolate, sweep,
                                      uniform_soup)
 from jaxrobust.weights.runs import (Validator, check_fresh, check_same_architecture, load_runs,

@@ -10,7 +10,6 @@ records how it was made (sources, checkpoints, recipe, validation figures).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import warnings
@@ -20,13 +19,12 @@ import jax
 
 from jaxrobust import parallel
 from jaxrobust.accuracy import attacks_from_config, evaluate_accuracy, make_eval_step
-from jaxrobust.checkpoint import Checkpointer
 from jaxrobust.errors import ConfigError
-from jaxrobust.train.builders import build_model, build_splits, image_shape_of, model_fingerprint
+from jaxrobust.train.builders import build_splits, image_shape_of, model_fingerprint
 from jaxrobust.train.defaults import resolve_config
-from jaxrobust.train.optim import make_optimizer
-from jaxrobust.train.restore import TrainedModel, load_trained
-from jaxrobust.train.state import create_train_state
+# write_workdir / check_fresh live with load_trained (the trainer writes its SWA run too).
+from jaxrobust.train.restore import (TrainedModel, check_fresh, load_trained,  # noqa: F401
+                                     write_workdir)
 
 log = logging.getLogger("jaxrobust")
 
@@ -124,64 +122,6 @@ class Validator:
     r = evaluate_accuracy(self._step, params, batch_stats, self.splits.val, self.batch_size,
                           self.mesh, jax.random.PRNGKey(self.config.seed + self.seed))
     return {"clean": r["clean"], "robust": r["robust"]}
-
-
-def write_workdir(out: str, source: TrainedModel, params, batch_stats, recipe: dict,
-                  step: int | None = None) -> str:
-  """Writes ``params`` / ``batch_stats`` as a trained-run workdir ``out`` (see module doc).
-
-  The train state is a fresh one of ``source``'s config (optimiser state
-  re-initialised, step ``step`` or ``source.step``) holding the merged
-  weights; when the config keeps an EMA, the EMA weights are the merged
-  weights too, so :func:`load_trained` returns them either way. The
-  checkpoint is saved as both ``latest`` and ``best``.
-
-  Returns:
-    The absolute path of ``out``.
-
-  Raises:
-    ConfigError: weights of another architecture than ``source``'s model.
-    CheckpointError: NaN/inf weights (nothing is written).
-  """
-  from jaxrobust.weights.merge import check_compatible  # pylint: disable=g-import-not-at-top
-  config = source.config
-  image_shape = image_shape_of(config)
-  model = build_model(config, image_shape)
-  tx = make_optimizer(config.train, 1, 1)
-  _, state = create_train_state(model, tx, config.seed, ema=config.train.ema_decay > 0,
-                                swa=config.train.swa_start > 0)
-  check_compatible([state.params, params], "models")
-  check_compatible([state.batch_stats, batch_stats], "models")
-  params = jax.tree.map(lambda a: jax.numpy.asarray(a).copy(), params)
-  state = state.replace(params=params, batch_stats=batch_stats, opt_state=tx.init(params),
-                        ema_params=None if state.ema_params is None else params,
-                        step=jax.numpy.asarray(source.step if step is None else step,
-                                               jax.numpy.int32))
-  check_fresh(out)
-  os.makedirs(out, exist_ok=True)
-  if jax.process_index() == 0:
-    with open(os.path.join(out, "config.json"), "w", encoding="utf-8") as f:
-      f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(out, "weights.json"), "w", encoding="utf-8") as f:
-      json.dump(recipe, f, indent=2, default=str)
-  ckpt = Checkpointer(os.path.join(out, "checkpoints"), keep=1)
-  try:
-    ckpt.save(int(state.step), state, {"model": model_fingerprint(config, image_shape),
-                                       "weights_recipe": recipe.get("recipe", "")}, best=True)
-  finally:
-    ckpt.close()
-  return os.path.abspath(out)
-
-
-def check_fresh(out: str) -> None:
-  """Refuses an output directory that already holds a run (never overwritten).
-
-  Raises:
-    ConfigError: ``out`` has ``checkpoints/`` or ``config.json``.
-  """
-  for name in ("checkpoints", "config.json"):
-    if os.path.exists(os.path.join(out, name)):
-      raise ConfigError(f"--out {out} already holds a run ({name}); choose a fresh directory")
 
 
 def tree_of(run: TrainedModel) -> dict[str, Any]:

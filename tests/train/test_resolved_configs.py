@@ -22,7 +22,7 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   "config.train.weight_decay_mask": "all", "config.train.boundaries_epochs": [],
                   "config.train.cyclic_base_momentum": None, "config.data.image_shape": [],
                   "config.data.image_size": 0,
-                  # SWA, off (jaxrobust.weights.swa): the training is unchanged.
+                  # SWA, off (jaxrobust.train.swa): the training is unchanged.
                   "config.train.swa_start": 0, "config.train.swa_c_epochs": 1,
                   "config.train.swa_lr": 0.05, "config.train.swa_bn": "recompute_clean",
                   # No auxiliary heads: the model is unchanged.
