@@ -10,9 +10,10 @@ module calling :func:`register_method`.
 """
 from __future__ import annotations
 
-from jaxrobust.methods.registry import (BuildContext, MethodSpec, get_method, method_config,
-                                        method_from_config, method_settings, num_teachers,
-                                        register_method, registered_methods)
+from jaxrobust.methods.registry import (PAD_MODES, BuildContext, MethodSpec, get_method,
+                                        method_config, method_from_config, method_settings,
+                                        num_teachers, official_pad_mode, register_method,
+                                        registered_methods)
 from jaxrobust.methods.base import (ModelFns, accuracy_sum, attack_in_view, cross_entropy,
                                     replay_bn_updates, train_passes)
 from jaxrobust.methods.standard import Standard
@@ -27,8 +28,9 @@ from jaxrobust.methods.vit_recipe import ViTAdversarialTraining
 METHODS = registered_methods()
 
 __all__ = ["ARDDistill", "AWP", "AdversarialTraining", "BuildContext", "DISTILL_METHODS", "IAD",
-           "MART", "METHODS", "MethodSpec", "ModelFns", "RSLAD", "Standard", "TRADES",
+           "MART", "METHODS", "MethodSpec", "ModelFns", "PAD_MODES", "RSLAD", "Standard", "TRADES",
            "accuracy_sum", "attack_in_view", "cross_entropy", "get_method", "method_config",
-           "method_from_config", "method_settings", "num_teachers", "register_method",
+           "method_from_config", "method_settings", "num_teachers", "official_pad_mode",
+           "register_method",
            "registered_methods", "relative_weight_perturbation", "replay_bn_updates",
            "train_passes", "trades_l2_inner_max", "ViTAdversarialTraining"]

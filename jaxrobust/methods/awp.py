@@ -193,6 +193,9 @@ def build_awp(settings, ctx) -> AWP:
              coupled_weight_decay=ctx.weight_decay)
 
 
+# Random-crop padding: AT_AWP pads the training set with reflect (AT_AWP/utils.py ``pad``),
+# trades_AWP uses torchvision's RandomCrop(32, padding=4) (zeros).
 register_method("awp", settings=_awp_settings,
                 attack=lambda s: AWP_ATTACKS[s["awp_base"]], build=build_awp,
+                pad_mode=lambda s: "reflect" if s["awp_base"] == "pgd_at" else "constant",
                 doc="adversarial weight perturbation (Wu et al. 2020) around pgd_at or trades")

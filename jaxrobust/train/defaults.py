@@ -16,7 +16,8 @@ from jaxrobust.attacks.threat import attack_config, resolve_attack
 from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MODELS
-from jaxrobust.methods import get_method, method_config, method_from_config
+from jaxrobust.methods import (PAD_MODES, get_method, method_config, method_from_config,
+                               official_pad_mode)
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
 
@@ -49,7 +50,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   c.data.test_size = 1000  # test[:1000] is the exact CIFAR-10 subset.
   c.data.augment = True
   c.data.pad = 4
-  c.data.pad_mode = "constant"
+  # Random-crop padding: 'constant' (zeros) or 'reflect'; '' = the method's official one
+  # (reflect for pgd_at and AT-AWP as Rice et al. / AWP, zeros for the others;
+  # jaxrobust.methods.official_pad_mode), filled in by resolve_config.
+  c.data.pad_mode = ""
   c.data.flip = True
   # (H, W, C); () = from the dataset's metadata. The trainer records the loaded shape.
   c.data.image_shape = ()
@@ -178,6 +182,9 @@ def validate_config(c) -> None:
     _fail(f"config.data.name={c.data.name!r} is unknown; choose one of {sorted(NUM_CLASSES)}")
   if c.data.source not in ("numpy", "tfds"):
     _fail(f"config.data.source={c.data.source!r}; use 'numpy' or 'tfds'")
+  if c.data.pad_mode not in ("",) + PAD_MODES:
+    _fail(f"config.data.pad_mode={c.data.pad_mode!r}; use one of {PAD_MODES}, or '' for the "
+          f"method's official padding")
   if c.model.name not in MODELS:
     _fail(f"config.model.name={c.model.name!r} is unknown; choose one of {sorted(MODELS)}")
   if c.model.dtype not in ("float32", "bfloat16", "float16"):
@@ -222,7 +229,9 @@ def resolve_config(config) -> ml_collections.ConfigDict:
   and ``config.eval.test_attack`` take ``config.eps`` (pixel units) and
   ``config.norm`` where they leave ``eps`` / ``norm`` unset (missing or None);
   a branch that sets its own keeps it (see :mod:`jaxrobust.attacks.threat`).
-  ``config`` itself is unchanged.
+  An unset ``config.data.pad_mode`` ('') takes the method's official random-crop
+  padding (:func:`jaxrobust.methods.official_pad_mode`: ``'reflect'`` for
+  ``pgd_at`` and AT-AWP, ``'constant'`` otherwise). ``config`` itself is unchanged.
 
   Returns:
     A locked ConfigDict; its attack branches are plain settings (no unset keys).
@@ -241,6 +250,8 @@ def resolve_config(config) -> ml_collections.ConfigDict:
     c.method.attack = resolve_attack(c.method.attack, where="config.method.attack", **kw)
   for key in ("val_attack", "test_attack"):
     c.eval[key] = resolve_attack(c.eval[key], where=f"config.eval.{key}", **kw)
+  if not c.data.pad_mode:
+    c.data.pad_mode = official_pad_mode(c.method)
   c.lock()
   return c
 

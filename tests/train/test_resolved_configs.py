@@ -6,6 +6,10 @@ are the new top-level ``eps`` / ``norm`` (equal to what every branch runs with),
 ``teacher_*`` keys of methods that load no such teacher (unused then, no longer keys), the
 optimiser-by-name keys at values that build today's SGD, and the cyclic schedule's new
 official defaults (peak 1/2, cycled momentum) where no config uses the cyclic schedule.
+
+Deliberate changes to follow the official code, edited into the JSON by hand (each pinned below):
+``data.pad_mode`` is ``'reflect'`` for PGD-AT and AT-AWP (Rice et al. / ``csdongxian/AWP:
+AT_AWP/utils.py`` pad the training set with reflection), zeros for every other method.
 """
 import json
 import pathlib
@@ -71,3 +75,22 @@ def test_effective_settings_are_unchanged(name, arg):
     assert {k for k in w if k.startswith("method.teacher")} <= gone
   for k in set(g) & set(w):
     assert g[k] == w[k], (k, g[k], w[k])
+
+
+# Variants whose method is pgd_at or AT-AWP (awp around pgd_at): the official code pads with
+# reflection; every other training variant pads with zeros (torchvision's RandomCrop).
+REFLECT = {"cifar10_pgd_at.py", "cifar10_pgd_at.py:local,pgd_steps=3",
+           "cifar10_pgd_at.py:smoke,pgd_steps=3", "cifar10_awp.py", "cifar10_awp.py:local",
+           "cifar10_awp.py:smoke", "cifar10_awp.py:model=wrn_34_10"}
+
+
+@pytest.mark.parametrize("name,arg", [c for c in CASES if c[0] != "cifar10_rift"])
+def test_random_crop_padding_is_the_methods_official_one(name, arg):
+  config = load_config(name, arg)
+  key = f"{name}.py:{arg}" if arg else f"{name}.py"
+  got = train_settings(config)
+  method, base = got["method"]["name"], got["method"].get("base", {}).get("name")
+  want = "reflect" if key in REFLECT else "constant"
+  assert got["config"]["data.pad_mode"] == want, (key, method)
+  if name != "mnist_pgd_at":  # MNIST sets zeros (unused: no augmentation).
+    assert (want == "reflect") == (method == "pgd_at" or base == "pgd_at"), (key, method, base)
