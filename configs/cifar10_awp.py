@@ -43,7 +43,7 @@ def get_config(arg=None):
   c.method = method_config(
       "awp", awp_base="pgd_at",
       attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
-                  random_start="uniform"),
+                  random_start="uniform_radius"),  # L2: radius U(0, 1) eps, as attack_pgd.
       attack_bn="train", awp_gamma=0.01, awp_warmup_epochs=0.0, proxy_lr=0.01)
   if arg.trades:
     c.model.name = "wrn_34_10"

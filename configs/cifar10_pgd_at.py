@@ -1,13 +1,14 @@
 r"""PGD-AT (Madry et al. 2018) on CIFAR-10, L-inf eps 8/255.
 
 Full setup (Rice et al. 2020 / ``csdongxian/AWP:AT_AWP/train_cifar10.py``,
-METHODS 2.1): PreAct-ResNet-18, PGD-10 with step 2/255 and uniform start,
-attack in train-mode BN, random crop of the reflect-padded images (4 pixels,
-``AT_AWP/utils.py``; ``--config.data.pad_mode=constant`` pads with zeros) and
-flip, 200 epochs, batch 128, SGD(0.9) lr 0.1 decayed x0.1 at 50 % and 75 %,
-weight decay 5e-4, best checkpoint by validation PGD accuracy. Reference (AWP
-logs, selected on test): 81.70 clean / 52.79 PGD-20 best epoch; 84.60 / 43.75
-last epoch.
+METHODS 2.1): PreAct-ResNet-18, PGD-10 with step 2/255 and uniform start
+(``random_start='uniform_radius'``: with ``--config.norm=l2`` a uniform
+direction with radius U(0, 1) eps, as ``attack_pgd``), attack in train-mode
+BN, random crop of the reflect-padded images (4 pixels, ``AT_AWP/utils.py``;
+``--config.data.pad_mode=constant`` pads with zeros) and flip, 200 epochs,
+batch 128, SGD(0.9) lr 0.1 decayed x0.1 at 50 % and 75 %, weight decay 5e-4,
+best checkpoint by validation PGD accuracy. Reference (AWP logs, selected on
+test): 81.70 clean / 52.79 PGD-20 best epoch; 84.60 / 43.75 last epoch.
 
     python -m jaxrobust.train --config configs/cifar10_pgd_at.py --workdir runs/pgd_at
 
@@ -35,7 +36,7 @@ def get_config(arg=None):
     if arg.pgd_steps:
       c.method = method_config("pgd_at", attack=dict(
           name="pgd", step_size=3 / 255, num_steps=arg.pgd_steps, loss="ce",
-          random_start="uniform"))
+          random_start="uniform_radius"))
     c.eval.val_attack = attack_config("pgd", step_size=2 / 255, num_steps=10,
                                       random_start="uniform")
   if arg.smoke:  # a few steps, for tests.

@@ -86,7 +86,10 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     norm: ``'linf'`` or ``'l2'``.
     loss: ``'ce'``, ``'cw'`` (hinge with ``kappa``), ``'margin'``, ``'kl'``
       (TRADES: KL(p(x) || p(x')) to ``ref_logits``), ``'dlr'``.
-    random_start: ``'uniform'``, ``'normal'`` (0.001 N(0,1)) or ``'none'``.
+    random_start: ``'uniform'`` (L2: uniform in the ball), ``'uniform_radius'``
+      (L2: uniform direction, radius ``U(0, 1) * eps``, Rice et al. / AWP;
+      L-inf: as ``'uniform'``), ``'normal'`` (0.001 N(0,1)) or ``'none'``
+      (:func:`jaxrobust.attacks.random_init`).
     targeted: ascend ``-loss(logits, y)`` towards target labels ``y``.
     num_restarts: independent runs; each example keeps its worst case (a
       successful run over an unsuccessful one, else the higher objective).

@@ -53,12 +53,14 @@ class AdversarialTraining:
                            "adv_accuracy": accuracy_sum(logits, y)})
 
 
-# Official settings: Rice et al. / AT_AWP (PGD-10, 2/255, uniform start, train-mode BN, random
-# crop of the reflect-padded images) and Wong et al. (FGSM, step 1.25 eps = 10/255 at 8/255,
-# uniform start, zero padding: fast_adversarial CIFAR10/utils.py). eps / norm: config.eps.
+# Official settings: Rice et al. / AT_AWP (PGD-10, 2/255, uniform start -- L2: uniform
+# direction, radius U(0, 1) eps --, train-mode BN, random crop of the reflect-padded images)
+# and Wong et al. (FGSM, step 1.25 eps = 10/255 at 8/255, uniform start, zero padding:
+# fast_adversarial CIFAR10/utils.py). eps / norm: config.eps.
 register_method(
     "pgd_at", settings=dict(attack_bn="train"), pad_mode="reflect",
-    attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce", random_start="uniform"),
+    attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                random_start="uniform_radius"),
     build=lambda s, ctx: AdversarialTraining(ctx.attack(s, ("pgd",)),
                                              choice(s, "attack_bn", BN_VIEWS), "pgd_at"),
     doc="PGD adversarial training (Madry et al. 2018)")

@@ -164,7 +164,7 @@ AWP_OFFICIAL = {
 }
 AWP_ATTACKS = {
     "pgd_at": dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
-                   random_start="uniform"),
+                   random_start="uniform_radius"),  # attack_pgd: L2 radius U(0, 1) eps.
     "trades": dict(TRADES_ATTACK, step_size=2 / 255),
 }
 

@@ -9,7 +9,9 @@ official defaults (peak 1/2, cycled momentum) where no config uses the cyclic sc
 
 Deliberate changes to follow the official code, edited into the JSON by hand (each pinned below):
 ``data.pad_mode`` is ``'reflect'`` for PGD-AT and AT-AWP (Rice et al. / ``csdongxian/AWP:
-AT_AWP/utils.py`` pad the training set with reflection), zeros for every other method.
+AT_AWP/utils.py`` pad the training set with reflection), zeros for every other method; the
+PGD training attack of PGD-AT and AT-AWP starts from ``random_start='uniform_radius'``
+(``attack_pgd``: the same U(-eps, eps) start for L-inf, radius U(0, 1) eps for L2).
 """
 import json
 import pathlib
@@ -94,3 +96,17 @@ def test_random_crop_padding_is_the_methods_official_one(name, arg):
   assert got["config"]["data.pad_mode"] == want, (key, method)
   if name != "mnist_pgd_at":  # MNIST sets zeros (unused: no augmentation).
     assert (want == "reflect") == (method == "pgd_at" or base == "pgd_at"), (key, method, base)
+
+
+# PGD-AT / AT-AWP variants whose training attack is PGD: Rice et al.'s random start.
+UNIFORM_RADIUS = {"cifar10_pgd_at.py", "cifar10_pgd_at.py:local,pgd_steps=3",
+                  "cifar10_pgd_at.py:smoke,pgd_steps=3", "cifar10_awp.py",
+                  "cifar10_awp.py:model=wrn_34_10"}
+
+
+@pytest.mark.parametrize("name,arg", [c for c in CASES if c[0] != "cifar10_rift"])
+def test_training_attack_random_start_is_the_official_one(name, arg):
+  key = f"{name}.py:{arg}" if arg else f"{name}.py"
+  got = train_settings(load_config(name, arg))
+  start = got["attacks"].get("train", {}).get("random_start")
+  assert (start == "uniform_radius") == (key in UNIFORM_RADIUS), (key, start)

@@ -1,9 +1,16 @@
-"""Random-crop padding per method: reflect for PGD-AT / AT-AWP (Rice et al., AWP), else zeros."""
+"""Training protocol details of the official code: crop padding and the L2 random start.
+
+Random-crop padding per method: reflect for PGD-AT / AT-AWP (Rice et al., AWP), else zeros.
+PGD-AT / AT-AWP's L2 random start: uniform direction, radius U(0, 1) eps (``attack_pgd``).
+"""
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxrobust.attacks import attack_from_config
 from jaxrobust.data.augment import random_crop_flip
 from jaxrobust.data.pipeline import TrainIterator
 from jaxrobust.data.sources import ArrayDataset
@@ -101,3 +108,22 @@ def test_training_batches_of_pgd_at_pad_with_reflection():
       wins = [padded[a:a + 6, b:b + 6] for a in range(5) for b in range(5)]
       assert any(np.array_equal(w, out) for w in wins)
     assert (batch["image"] == 0).any() == (name == "trades")  # pixels are >= 1
+
+
+@pytest.mark.parametrize("name,cfg", [("pgd_at", {}), ("awp", {"awp_base": "pgd_at"})])
+def test_l2_training_attack_of_pgd_at_starts_at_radius_uniform_in_0_eps(name, cfg):
+  c = default_config()
+  c.method = method_config(name, **cfg)
+  c.norm, c.eps = "l2", 0.5
+  attack = dict(resolve_config(c).method.attack)
+  assert attack["random_start"] == "uniform_radius" and attack["norm"] == "l2"
+  # A negligible step: x_adv - x is the random start (x = 0.5 stays inside [0, 1]).
+  attack.update(num_steps=1, step_size=1e-7)
+  n = 2000
+  x = jnp.full((n, 4, 4, 3), 0.5, jnp.float32)
+  w = jnp.ones((48, 10), jnp.float32)
+  x_adv = attack_from_config(attack)(lambda v: v.reshape(v.shape[0], -1) @ w,
+                                     jax.random.PRNGKey(0), x, jnp.zeros(n, jnp.int32))
+  r = np.linalg.norm(np.asarray(x_adv - x).reshape(n, -1), axis=1)
+  assert abs(r.mean() / 0.5 - 0.5) < 0.03  # uniform in the 48-D ball would give 48/49.
+  assert abs(np.mean(r <= 0.25) - 0.5) < 0.04
