@@ -127,3 +127,26 @@ def test_l2_training_attack_of_pgd_at_starts_at_radius_uniform_in_0_eps(name, cf
   r = np.linalg.norm(np.asarray(x_adv - x).reshape(n, -1), axis=1)
   assert abs(r.mean() / 0.5 - 0.5) < 0.03  # uniform in the 48-D ball would give 48/49.
   assert abs(np.mean(r <= 0.25) - 0.5) < 0.04
+
+
+def test_iad_teacher_config_is_iads_pre_train_at_recipe():
+  # ZFancy/IAD:pre_train/AT.py defaults: ResNet-18 on [0, 1] inputs, PGD-10 (2/255, 8/255,
+  # uniform start) with model.eval(), wd 2e-4, SGD(0.9) lr 0.1, 200 epochs, batch 128, lr set
+  # per epoch to lr_schedule(epoch + 1): x0.1 from 0-indexed epoch 99, again from 149;
+  # torchvision RandomCrop(32, padding=4) (zeros).
+  from tests.train.helpers import load_config  # pylint: disable=g-import-not-at-top
+  c = resolve_config(load_config("cifar10_iad_teacher"))
+  assert (c.model.name, c.model.normalize) == ("resnet18", "none")
+  assert c.method.name == "pgd_at" and c.method.attack_bn == "eval"
+  a = c.method.attack
+  assert (a.name, a.num_steps, a.loss, a.random_start) == ("pgd", 10, "ce", "uniform")
+  np.testing.assert_allclose([a.eps, a.step_size], [8 / 255, 2 / 255])
+  assert c.data.pad_mode == "constant" and c.data.pad == 4 and c.data.flip
+  t = c.train
+  assert (t.batch_size, t.num_epochs, t.lr, t.momentum, t.weight_decay) == (128, 200, 0.1, 0.9,
+                                                                            2e-4)
+  assert t.schedule == "piecewise" and tuple(t.scales) == (0.1, 0.1)
+  np.testing.assert_allclose(np.asarray(t.boundaries) * 200, [99, 149])
+  # The IAD student config points at this recipe.
+  from tests.train.helpers import REPO  # pylint: disable=g-import-not-at-top
+  assert "cifar10_iad_teacher.py" in (REPO / "configs" / "cifar10_iad.py").read_text()
