@@ -10,12 +10,13 @@ module calling :func:`register_method`.
 """
 from __future__ import annotations
 
-from jaxrobust.methods.registry import (PAD_MODES, BuildContext, MethodSpec, get_method,
+from jaxrobust.methods.registry import (ATTACK_BN_UPDATES, PAD_MODES, BuildContext, MethodSpec, get_method,
                                         method_config, method_from_config, method_settings,
                                         num_teachers, official_pad_mode, register_method,
                                         registered_methods)
-from jaxrobust.methods.base import (ModelFns, accuracy_sum, attack_in_view, cross_entropy,
-                                    replay_bn_updates, train_passes)
+from jaxrobust.methods.base import (AttackBNUpdates, ModelFns, accuracy_sum, attack_bn_updates,
+                                    attack_in_view, cross_entropy, replay_bn_updates,
+                                    train_passes)
 from jaxrobust.methods.standard import Standard
 from jaxrobust.methods.adversarial import AdversarialTraining
 from jaxrobust.methods.trades import TRADES, trades_l2_inner_max
@@ -27,9 +28,9 @@ from jaxrobust.methods.vit_recipe import ViTAdversarialTraining
 # The built-in methods (registration order); registered_methods() includes user ones.
 METHODS = registered_methods()
 
-__all__ = ["ARDDistill", "AWP", "AdversarialTraining", "BuildContext", "DISTILL_METHODS", "IAD",
+__all__ = ["ARDDistill", "ATTACK_BN_UPDATES", "AWP", "AdversarialTraining", "AttackBNUpdates", "BuildContext", "DISTILL_METHODS", "IAD",
            "MART", "METHODS", "MethodSpec", "ModelFns", "PAD_MODES", "RSLAD", "Standard", "TRADES",
-           "accuracy_sum", "attack_in_view", "cross_entropy", "get_method", "method_config",
+           "accuracy_sum", "attack_bn_updates", "attack_in_view", "cross_entropy", "get_method", "method_config",
            "method_from_config", "method_settings", "num_teachers", "official_pad_mode",
            "register_method",
            "registered_methods", "relative_weight_perturbation", "replay_bn_updates",

@@ -185,6 +185,10 @@ def build_awp(settings, ctx) -> AWP:
   if choice(settings, "awp_base", AWP_BASES) == "pgd_at":
     base = AdversarialTraining(ctx.attack(settings, ("pgd", "fgsm")),
                                choice(settings, "attack_bn", BN_VIEWS), "pgd_at")
+    # attack_bn_updates='official': attack_pgd's passes, its final pass on x_adv, then the
+    # loss pass at the perturbed weights (the proxy's own updates are discarded).
+    base = ctx.attack_passes_update_bn(
+        base, extra_passes=int(settings["attack"]["name"] == "pgd"))
   else:
     base = build_trades(settings, ctx, bn_sequence=("adv", "clean", "clean"))
   return AWP(base, gamma=positive(settings, "awp_gamma", allow_zero=True),

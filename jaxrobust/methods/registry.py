@@ -43,6 +43,9 @@ TEACHER_SETTINGS = dict(
 )
 BN_VIEWS = ("train", "eval")
 BN_UPDATES = ("official", "once")
+# config.train.attack_bn_updates: 'none' (attack passes leave the running averages alone) or
+# 'official' (each train-view attack pass updates them, in order, as PyTorch's train mode).
+ATTACK_BN_UPDATES = ("none", "official")
 # Random-crop padding of the training images (``config.data.pad_mode``): torchvision's
 # ``RandomCrop(padding=4)`` pads with zeros (``'constant'``); Rice et al. / AT-AWP pad the
 # whole training set with ``np.pad(mode='reflect')`` once (``AT_AWP/utils.py`` ``pad``).
@@ -63,11 +66,34 @@ class BuildContext:
     weight_decay: the trainer's coupled weight decay (``config.train.
       weight_decay``; AWP applies it at the perturbed point).
     method: the method's name (error messages).
+    attack_bn_updates: ``config.train.attack_bn_updates`` (one of
+      :data:`ATTACK_BN_UPDATES`; see :meth:`attack_passes_update_bn`).
   """
   steps_per_epoch: int | None = None
   teachers: tuple = ()
   weight_decay: float = 0.0
   method: str = ""
+  attack_bn_updates: str = "none"
+
+  def attack_passes_update_bn(self, method, extra_passes: int = 0):
+    """``method``, wrapped so that its train-view attack passes update BatchNorm running averages.
+
+    With ``attack_bn_updates='official'`` and ``method.attack_bn == 'train'``:
+    :class:`jaxrobust.methods.base.AttackBNUpdates` (every attack pass, plus
+    ``extra_passes`` on ``x_adv``, updates them in order, as PyTorch's
+    train-mode attack); otherwise ``method`` unchanged (an eval-view attack
+    updates nothing, as ``model.eval()``).
+
+    Raises:
+      ConfigError: ``attack_bn_updates`` is not one of :data:`ATTACK_BN_UPDATES`.
+    """
+    if self.attack_bn_updates not in ATTACK_BN_UPDATES:
+      raise ConfigError(f"config.train.attack_bn_updates={self.attack_bn_updates!r}; use one "
+                        f"of {ATTACK_BN_UPDATES}")
+    if self.attack_bn_updates == "none" or getattr(method, "attack_bn", None) != "train":
+      return method
+    from jaxrobust.methods.base import AttackBNUpdates  # pylint: disable=g-import-not-at-top
+    return AttackBNUpdates(method, extra_passes=int(extra_passes))
 
   def epochs_to_steps(self, epochs: float) -> int | None:
     """``round(epochs * steps_per_epoch)``; 0 for 0 epochs; None when unresolved."""
@@ -288,7 +314,7 @@ def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
-                       weight_decay: float = 0.0):
+                       weight_decay: float = 0.0, attack_bn_updates: str = "none"):
   """Builds the training method named ``cfg['name']`` from ``config.method``.
 
   Args:
@@ -303,6 +329,10 @@ def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
       that raises when used (for validation).
     weight_decay: the trainer's coupled weight decay (AWP applies it at the
       perturbed point, as PyTorch does).
+    attack_bn_updates: ``config.train.attack_bn_updates``: ``'none'`` (attack
+      passes leave the BatchNorm running averages alone) or ``'official'``
+      (those of a train-view attack update them, as PyTorch;
+      :class:`BuildContext.attack_passes_update_bn`).
 
   Returns:
     The method (``perturb`` / ``loss``; see :mod:`jaxrobust.methods.base`).
@@ -312,7 +342,8 @@ def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
       invalid value.
   """
   spec, settings = method_settings(cfg)
-  ctx = BuildContext(steps_per_epoch, tuple(teachers), float(weight_decay), spec.name)
+  ctx = BuildContext(steps_per_epoch, tuple(teachers), float(weight_decay), spec.name,
+                     attack_bn_updates)
   return spec.build(settings, ctx)
 
 
@@ -375,7 +406,7 @@ def unit_interval(settings: Mapping[str, Any], key: str, method: str) -> float:
   return value
 
 
-__all__ = ["BN_UPDATES", "BN_VIEWS", "BuildContext", "MethodSpec", "PAD_MODES", "TEACHER_SETTINGS",
-           "choice", "get_method", "method_config", "method_from_config", "method_settings",
+__all__ = ["ATTACK_BN_UPDATES", "BN_UPDATES", "BN_VIEWS", "BuildContext", "MethodSpec", "PAD_MODES",
+           "TEACHER_SETTINGS", "choice", "get_method", "method_config", "method_from_config", "method_settings",
            "num_teachers", "official_pad_mode", "positive", "register_method",
            "registered_methods", "unit_interval"]

@@ -16,8 +16,8 @@ from jaxrobust.attacks.threat import attack_config, resolve_attack
 from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MODELS
-from jaxrobust.methods import (PAD_MODES, get_method, method_config, method_from_config,
-                               official_pad_mode)
+from jaxrobust.methods import (ATTACK_BN_UPDATES, PAD_MODES, get_method, method_config,
+                               method_from_config, official_pad_mode)
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
 
@@ -108,6 +108,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # min(d, (1+t)/(10+t)). A decay published for batch 1024 (DeepMind: 0.995) is
   # d ** (B / 1024) at batch B (jaxrobust.train.state.ema_decay_for_batch_size).
   c.train.ema_decay = 0.0
+  # BatchNorm running averages during train-view attacks (pgd_at, fgsm_at, AT-AWP, ARD, IAD):
+  # 'none' (only the training passes update them) or 'official' (every attack pass updates
+  # them too, in order, as PyTorch's train mode; jaxrobust.methods.AttackBNUpdates).
+  c.train.attack_bn_updates = "none"
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
   c.train.keep_checkpoints = 2
@@ -199,6 +203,9 @@ def validate_config(c) -> None:
   _validate_optimizer(t)
   if not 0 <= t.ema_decay < 1:
     _fail(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
+  if t.attack_bn_updates not in ATTACK_BN_UPDATES:
+    _fail(f"config.train.attack_bn_updates={t.attack_bn_updates!r}; use one of "
+          f"{ATTACK_BN_UPDATES}")
   if c.eval.select not in ("val_robust", "val_clean"):
     _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
   if c.data.val_size < 1 and c.eval.every_epochs > 0:

@@ -27,7 +27,9 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   "config.train.adam_eps": 1e-8, "config.train.clip_by_global_norm": 0.0,
                   "config.train.weight_decay_mask": "all", "config.train.boundaries_epochs": [],
                   "config.train.cyclic_base_momentum": None, "config.data.image_shape": [],
-                  "config.data.image_size": 0}
+                  "config.data.image_size": 0,
+                  # Attack passes leave BatchNorm alone unless 'official' is asked for.
+                  "config.train.attack_bn_updates": "none"}
 CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 # Configs added after the refactor: their entries were written by the code that added them
 # (benchmarks/resolved_configs.py --configs NAME --merge) and must match exactly.
