@@ -16,13 +16,15 @@ parameterised ones, e.g. ``cifar10_pgd_at.py:local,pgd_steps=3``) this prints:
 
 ``tests/train/test_resolved_configs.py`` compares the output with
 ``tests/train/resolved_configs.json`` (written by this script from the code
-before the method registry / one-``eps`` refactor), so a refactor that changes
-any effective value fails.
+before the method registry / one-``eps`` refactor; configs added later were
+written by the code that added them, with ``--configs NAME --merge``), so a
+refactor that changes any effective value fails.
 
 Usage::
 
     python benchmarks/resolved_configs.py > resolved.json
-    python benchmarks/resolved_configs.py --out tests/train/resolved_configs.json
+    python benchmarks/resolved_configs.py --configs cifar10_iad_teacher --merge \
+        --out tests/train/resolved_configs.json   # add one config, keep the other entries
 """
 from __future__ import annotations
 
@@ -47,6 +49,7 @@ VARIANTS = {
                     "model=wrn_34_10"],
     "cifar10_ard": ["", "local", "smoke"],
     "cifar10_iad": ["", "local", "smoke", "iad2", "iad2,local", "iad2,smoke"],
+    "cifar10_iad_teacher": ["", "local", "smoke"],
     "cifar10_rslad": ["", "local", "smoke", "mobilenet", "mobilenet,local"],
     "mnist_pgd_at": ["", "local", "smoke"],
     "cifar10_rift": ["", "local", "smoke"],
@@ -97,7 +100,7 @@ def effective_attack(cfg) -> dict:
   cfg = _plain(dict(cfg))
   fn = _attack_fns()[cfg["name"]]
   out = {k: p.default for k, p in inspect.signature(fn).parameters.items()
-         if p.default is not inspect.Parameter.empty and k not in ("unroll", "ref_logits", "y")}
+         if p.default is not inspect.Parameter.empty and k not in ("unroll", "ref_logits", "y", "return_trace")}
   out.update({k: v for k, v in cfg.items() if v is not None})
   return {k: _plain(v) for k, v in sorted(out.items())}
 
@@ -156,9 +159,12 @@ def rift_settings(config) -> dict:
   return {"attacks": attacks, "config": rest}
 
 
-def all_settings() -> dict:
+def all_settings(names=None) -> dict:
+  """``{'<config>.py[:<arg>]': settings}`` for every variant of ``names`` (default: all)."""
   out = {}
   for name, variants in VARIANTS.items():
+    if names and name not in names:
+      continue
     for arg in variants:
       config = load_config(name, arg)
       key = f"{name}.py:{arg}" if arg else f"{name}.py"
@@ -169,8 +175,22 @@ def all_settings() -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="", help="write the JSON here (default: stdout)")
+  parser.add_argument("--configs", default="",
+                      help="comma-separated config names (default: every one in VARIANTS)")
+  parser.add_argument("--merge", action="store_true",
+                      help="update the entries of --out, keeping its other entries as they are")
   args = parser.parse_args()
-  text = json.dumps(all_settings(), indent=1, sort_keys=True)
+  names = [n for n in args.configs.split(",") if n]
+  unknown = sorted(set(names) - set(VARIANTS))
+  if unknown:
+    parser.error(f"unknown config(s) {unknown}; known: {sorted(VARIANTS)}")
+  if args.merge and not args.out:
+    parser.error("--merge needs --out")
+  settings = all_settings(names)
+  if args.merge and os.path.exists(args.out):
+    with open(args.out, encoding="utf-8") as f:
+      settings = {**json.load(f), **settings}
+  text = json.dumps(settings, indent=1, sort_keys=True)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       f.write(text + "\n")

@@ -1,9 +1,9 @@
 r"""IAD, Introspective Adversarial Distillation (Zhu et al. 2022), on CIFAR-10.
 
 IAD-I (default; ``ZFancy/IAD:IAD-I.py``, METHODS 2.6): student ResNet-18,
-teacher a PGD-AT ResNet-18 (IAD's ``pre_train/AT.py``: train one with
-``configs/cifar10_pgd_at.py --config.model.name=resnet18
---config.model.normalize=none``; any jaxrobust run works), frozen, eval mode;
+teacher a PGD-AT ResNet-18 trained with IAD's recipe (``pre_train/AT.py``:
+``configs/cifar10_iad_teacher.py``, eval-mode attack, weight decay 2e-4, zero
+padding; any jaxrobust run works), frozen, eval mode;
 inputs in [0, 1], crop 4 + flip, batch 128. Attack: PGD-10 on the student's
 CE, 2/255, eps 8/255, uniform start, student in train-mode BN. Loss (T = 1,
 alpha = 1, beta = 0.1): ``mean_i KL_i(T(x) || S(x'))`` plus, from (0-indexed)
@@ -15,8 +15,9 @@ ARD's (x0.1 at epoch 100 only; reproduced). The official checkpoint
 selection uses test PGD-10; ours uses the validation split. Reference:
 ResNet-18 student 83.24 clean / 52.21 PGD-20 / AA 49.10 (RSLAD paper table).
 
+    python -m jaxrobust.train --config configs/cifar10_iad_teacher.py --workdir runs/iad_teacher
     python -m jaxrobust.train --config configs/cifar10_iad.py \
-        --config.method.teacher_workdir=runs/at_resnet18 --workdir runs/iad
+        --config.method.teacher_workdir=runs/iad_teacher --workdir runs/iad
 
 ``:iad2`` — IAD-II (``IAD-II.py``): also a naturally trained teacher
 (``--config.method.teacher2_workdir``; e.g. ``method.name=standard``),
@@ -28,6 +29,7 @@ plus the teacher's passes): ``simple_cnn`` student, 3-step attack, 5 epochs,
 one-cycle lr 0.2, introspection from epoch 3.
 ``:smoke`` — 4 steps of a tiny student, introspection from step 2 (tests;
 the test trains a tiny teacher with ``cifar10_pgd_at.py:smoke`` first).
+A ``:local`` teacher: ``configs/cifar10_iad_teacher.py:local``.
 """
 from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
@@ -43,7 +45,7 @@ def get_config(arg=None):
       "iad", attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
                          random_start="uniform"),
       attack_bn="train", alpha=1.0, beta=0.1, temperature=1.0, iad_begin_epochs=60.0,
-      teacher_workdir="")  # --config.method.teacher_workdir=runs/at_resnet18
+      teacher_workdir="")  # --config.method.teacher_workdir=runs/iad_teacher
   c.train.batch_size = 128
   c.train.num_epochs = 200
   c.train.lr = 0.1

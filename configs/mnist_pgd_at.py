@@ -23,6 +23,7 @@ def get_config(arg=None):
   c = default_config()
   c.data.name = "mnist"
   c.data.augment = False
+  c.data.pad_mode = "constant"  # unused without augmentation (not PGD-AT's CIFAR reflect).
   c.model.name = "small_cnn"
   c.model.normalize = "none"
   c.eps = 0.3  # every attack: training, validation, test.

@@ -65,7 +65,8 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
         eps: float, step_size: float, num_steps: int, norm: str = "linf",
         loss: str = "ce", random_start: str = "uniform", targeted: bool = False,
         num_restarts: int = 1, early_stop: bool = False, kappa: float = 50.0,
-        ref_logits: jax.Array | None = None, unroll: int | None = None) -> jax.Array:
+        ref_logits: jax.Array | None = None, unroll: int | None = None,
+        return_trace: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
   """PGD with L-inf or L2 threat model (Madry et al. 2018, eq. 2.1/2.2).
 
   Each step: ``x <- Proj_{B(x0, eps) ∩ [0,1]}(x + step_size * dir(grad))`` with
@@ -86,7 +87,10 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     norm: ``'linf'`` or ``'l2'``.
     loss: ``'ce'``, ``'cw'`` (hinge with ``kappa``), ``'margin'``, ``'kl'``
       (TRADES: KL(p(x) || p(x')) to ``ref_logits``), ``'dlr'``.
-    random_start: ``'uniform'``, ``'normal'`` (0.001 N(0,1)) or ``'none'``.
+    random_start: ``'uniform'`` (L2: uniform in the ball), ``'uniform_radius'``
+      (L2: uniform direction, radius ``U(0, 1) * eps``, Rice et al. / AWP;
+      L-inf: as ``'uniform'``), ``'normal'`` (0.001 N(0,1)) or ``'none'``
+      (:func:`jaxrobust.attacks.random_init`).
     targeted: ascend ``-loss(logits, y)`` towards target labels ``y``.
     num_restarts: independent runs; each example keeps its worst case (a
       successful run over an unsuccessful one, else the higher objective).
@@ -96,12 +100,19 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     ref_logits: float32 ``[B, K]`` reference for ``loss='kl'``; defaults to
       ``stop_gradient(logits_fn(x))`` (one pass).
     unroll: ``fori_loop`` unroll factor; None -> :func:`default_unroll`.
+    return_trace: also return the inputs of every forward pass of the model,
+      in order (what a train-mode PyTorch attack updates BatchNorm running
+      averages with; :func:`jaxrobust.methods.attack_bn_updates`).
 
   Returns:
-    float32 ``x_adv`` like ``x``; no gradient flows through it.
+    float32 ``x_adv`` like ``x``; no gradient flows through it. With
+    ``return_trace``: ``(x_adv, trace)``, ``trace`` float32 ``[P, B, H, W,
+    C]``: the clean ``x`` when ``loss='kl'`` computes its own reference, then
+    the point of each of the ``num_steps`` gradient evaluations.
 
   Raises:
-    ValueError: invalid norm, loss, random start, eps, step size or step count.
+    ValueError: invalid norm, loss, random start, eps, step size or step
+      count, or ``return_trace`` with ``num_restarts > 1``.
   """
   if norm not in NORMS:
     raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
@@ -111,6 +122,8 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     raise ValueError(f"eps ({eps}) and step_size ({step_size}) must be > 0")
   if num_steps < 1 or num_restarts < 1:
     raise ValueError(f"num_steps ({num_steps}) and num_restarts ({num_restarts}) must be >= 1")
+  if return_trace and num_restarts != 1:
+    raise ValueError(f"return_trace needs num_restarts == 1, got {num_restarts}")
   x = jax.lax.stop_gradient(x.astype(jnp.float32))
   target = y
   if loss == "kl":
@@ -136,6 +149,27 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
       return x_adv
     return jax.lax.fori_loop(0, num_steps, functools.partial(step, r), x_adv, unroll=unroll)
 
+  def run_traced(key):
+    x_adv = project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
+    trace = jnp.zeros((num_steps,) + x.shape, x.dtype)
+
+    def body(i, carry):
+      x_a, tr = carry
+      return step(0, i, x_a), tr.at[i].set(x_a)
+
+    if unroll >= num_steps:
+      carry = (x_adv, trace)
+      for i in range(num_steps):
+        carry = body(i, carry)
+    else:
+      carry = jax.lax.fori_loop(0, num_steps, body, (x_adv, trace), unroll=unroll)
+    x_adv, trace = carry
+    if loss == "kl" and ref_logits is None:
+      trace = jnp.concatenate([x[None], trace])
+    return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(trace)
+
+  if return_trace:
+    return run_traced(rng)
   if num_restarts == 1:
     return jax.lax.stop_gradient(run(rng, 0))
 
@@ -161,7 +195,8 @@ def _sum_aux(value_and_logits):
 def fgsm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
          eps: float, step_size: float | None = None, norm: str = "linf", loss: str = "ce",
          random_start: str = "none", targeted: bool = False, kappa: float = 50.0,
-         ref_logits: jax.Array | None = None) -> jax.Array:
+         ref_logits: jax.Array | None = None,
+         return_trace: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
   """Fast gradient sign method (Goodfellow et al. 2015): one projected step.
 
   With ``random_start='uniform'`` and ``step_size=1.25 * eps`` this is the
@@ -170,4 +205,5 @@ def fgsm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   """
   return pgd(logits_fn, rng, x, y, eps=eps, step_size=eps if step_size is None else step_size,
              num_steps=1, norm=norm, loss=loss, random_start=random_start,
-             targeted=targeted, kappa=kappa, ref_logits=ref_logits, unroll=1)
+             targeted=targeted, kappa=kappa, ref_logits=ref_logits, unroll=1,
+             return_trace=return_trace)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxrobust.attacks._norms import l2_norm
 
 NORMS = ("linf", "l2")
-RANDOM_STARTS = ("uniform", "normal", "none")
+RANDOM_STARTS = ("uniform", "normal", "none", "uniform_radius")
 
 
 def random_init(rng, x, eps, norm: str = "linf", kind: str = "uniform"):
@@ -23,25 +23,33 @@ def random_init(rng, x, eps, norm: str = "linf", kind: str = "uniform"):
     eps: budget (pixel units).
     norm: ``'linf'`` or ``'l2'``.
     kind: ``'uniform'`` (U(-eps, eps)^d for L-inf, Madry/Rice/ARD; uniform in
-      the L2 ball for L2), ``'normal'`` (0.001 * N(0, 1), TRADES/MART/RSLAD),
-      ``'none'`` (zeros).
+      the L2 ball for L2: radius ``eps * U(0, 1)^(1/d)``, mean ``d/(d+1) eps``),
+      ``'uniform_radius'`` (L-inf: exactly ``'uniform'``; L2: a uniformly
+      random direction with radius ``eps * U(0, 1)``, mean ``eps / 2``, as
+      Rice et al. / ``csdongxian/AWP:AT_AWP/train_cifar10.py`` ``attack_pgd``
+      draw it: normalised Gaussian times ``U(0, 1) * eps``), ``'normal'``
+      (0.001 * N(0, 1), TRADES/MART/RSLAD), ``'none'`` (zeros).
 
   Returns:
     float32 ``delta`` shaped like ``x``.
+
+  Raises:
+    ValueError: unknown ``kind``.
   """
   if kind == "none":
     return jnp.zeros_like(x)
   if kind == "normal":
     return 0.001 * jax.random.normal(rng, x.shape, x.dtype)
-  if kind != "uniform":
+  if kind not in ("uniform", "uniform_radius"):
     raise ValueError(f"unknown random start {kind!r}; use one of {RANDOM_STARTS}")
   if norm == "linf":
     return jax.random.uniform(rng, x.shape, x.dtype, -eps, eps)
   k1, k2 = jax.random.split(rng)
   d = jax.random.normal(k1, x.shape, x.dtype)
   d = d / jnp.maximum(l2_norm(d), 1e-12)
-  dim = x[0].size
-  r = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype) ** (1.0 / dim)
+  r = jax.random.uniform(k2, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+  if kind == "uniform":  # uniform in the ball: P(radius <= t eps) = t^d.
+    r = r ** (1.0 / x[0].size)
   return eps * r * d
 
 

@@ -1,7 +1,7 @@
 """Evaluation CLI.
 
     python -m jaxrobust.evaluate --workdir DIR [--which best|latest]
-        [--attacks clean,fgsm,pgd20,pgd20_trades,cw30,aa-standard] [--n_examples 1000]
+        [--attacks clean,fgsm_iad,pgd20,pgd20_rslad,cw30,aa-standard] [--n_examples 1000]
         [--eps 0.03137] [--norm linf] [--out report.json] [--aa_state DIR]
         [--save_adv adv.npz] [--curve_eps 0,2,4,8,16,255 --curve_attacks pgd20,aa-standard]
 
@@ -10,8 +10,10 @@ evaluates it on the first ``n`` test images (exact pixels only) in eval-mode
 BatchNorm, prints a table and writes a JSON report (and a robust-accuracy-vs-
 eps plot with ``--curve_eps``).
 
-Names: ``clean``, ``fgsm``, ``pgd20``, ``pgd20_trades``, ``cw30`` (see
-:mod:`jaxrobust.evaluate.suite`), ``aa-standard``, ``aa-plus``, ``aa-rand``,
+Names: ``clean``, ``fgsm``, ``fgsm_iad``, ``pgd20``, ``pgd20_trades``,
+``pgd20_rslad``, ``cw30`` (the default suite; each the protocol of the
+evaluation code it is named after, see :mod:`jaxrobust.evaluate.suite`),
+``aa-standard``, ``aa-plus``, ``aa-rand``,
 and ``aa-custom`` (with ``--aa_attacks apgd_ce,square``); AutoAttack names
 are also accepted with underscores (``aa_standard``) and the cascade's
 attacks with the reference's hyphens (``apgd-ce``, ``fab-t``). A model with

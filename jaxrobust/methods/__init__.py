@@ -11,11 +11,13 @@ objective is a module calling :func:`register_method`.
 """
 from __future__ import annotations
 
-from jaxrobust.methods.registry import (BuildContext, MethodSpec, get_method, method_config,
-                                        method_from_config, method_settings, num_teachers,
-                                        register_method, registered_methods)
-from jaxrobust.methods.base import (ModelFns, accuracy_sum, attack_in_view, cross_entropy,
-                                    replay_bn_updates, train_passes)
+from jaxrobust.methods.registry import (ATTACK_BN_UPDATES, PAD_MODES, BuildContext, MethodSpec, get_method,
+                                        method_config, method_from_config, method_settings,
+                                        num_teachers, official_pad_mode, register_method,
+                                        registered_methods)
+from jaxrobust.methods.base import (AttackBNUpdates, ModelFns, accuracy_sum, attack_bn_updates,
+                                    attack_in_view, cross_entropy, replay_bn_updates,
+                                    train_passes)
 from jaxrobust.methods.standard import Standard
 from jaxrobust.methods.adversarial import AdversarialTraining
 from jaxrobust.methods.trades import TRADES, trades_l2_inner_max
@@ -29,10 +31,11 @@ from jaxrobust.methods.rotation import RotationSSL
 # The built-in methods (registration order); registered_methods() includes user ones.
 METHODS = registered_methods()
 
-__all__ = ["ARDDistill", "AWP", "AdversarialTraining", "BuildContext", "DISTILL_METHODS", "IAD",
-           "MART", "METHODS", "MethodSpec", "ModelFns", "RSLAD", "RegMixup",
-           "RotationSSL", "Standard", "TRADES",
-           "accuracy_sum", "attack_in_view", "cross_entropy", "get_method", "method_config",
-           "method_from_config", "method_settings", "num_teachers", "register_method",
+__all__ = ["ARDDistill", "ATTACK_BN_UPDATES", "AWP", "AdversarialTraining", "AttackBNUpdates",
+           "BuildContext", "DISTILL_METHODS", "IAD", "MART", "METHODS", "MethodSpec", "ModelFns",
+           "PAD_MODES", "RSLAD", "RegMixup", "RotationSSL", "Standard", "TRADES",
+           "accuracy_sum", "attack_bn_updates", "attack_in_view", "cross_entropy", "get_method",
+           "method_config", "method_from_config", "method_settings", "num_teachers",
+           "official_pad_mode", "register_method",
            "registered_methods", "relative_weight_perturbation", "replay_bn_updates",
            "train_passes", "trades_l2_inner_max", "ViTAdversarialTraining"]

@@ -5,9 +5,13 @@ against the current weights (no gradient through x_adv).
 
 BatchNorm of the attack (``attack_bn``): ``'train'`` (batch statistics, the
 official Madry and Rice et al. / AWP code) or ``'eval'`` (running averages).
-Deliberate difference from the PyTorch code: attack passes never update the
-running averages (PyTorch's train-mode attack updates them on every attack
-step); only the final training forward pass on ``x_adv`` does.
+Running averages: by default attack passes never update them (PyTorch's
+train-mode attack updates them on every attack step); only the final training
+forward pass on ``x_adv`` does. ``config.train.attack_bn_updates='official'``
+replays PyTorch's sequence (:class:`jaxrobust.methods.base.AttackBNUpdates`):
+PGD-AT's ``num_steps`` attack passes, ``attack_pgd``'s final pass on ``x_adv``
+and the training pass (Rice et al. / AT-AWP); FGSM-AT's one attack pass and
+the training pass (``fast_adversarial:train_fgsm.py``).
 
 Sources: Madry et al. 2018 (``MadryLab/cifar10_challenge:train.py``); Rice et
 al. 2020 / ``csdongxian/AWP:AT_AWP/train_cifar10.py`` (METHODS 2.1); Wong et
@@ -53,17 +57,21 @@ class AdversarialTraining:
                            "adv_accuracy": accuracy_sum(logits, y)})
 
 
-# Official settings: Rice et al. / AT_AWP (PGD-10, 2/255, uniform start, train-mode BN) and
-# Wong et al. (FGSM, step 1.25 eps = 10/255 at 8/255, uniform start). eps / norm: config.eps.
+# Official settings: Rice et al. / AT_AWP (PGD-10, 2/255, uniform start -- L2: uniform
+# direction, radius U(0, 1) eps --, train-mode BN, random crop of the reflect-padded images)
+# and Wong et al. (FGSM, step 1.25 eps = 10/255 at 8/255, uniform start, zero padding:
+# fast_adversarial CIFAR10/utils.py). eps / norm: config.eps.
 register_method(
-    "pgd_at", settings=dict(attack_bn="train"),
-    attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce", random_start="uniform"),
-    build=lambda s, ctx: AdversarialTraining(ctx.attack(s, ("pgd",)),
-                                             choice(s, "attack_bn", BN_VIEWS), "pgd_at"),
+    "pgd_at", settings=dict(attack_bn="train"), pad_mode="reflect",
+    attack=dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
+                random_start="uniform_radius"),
+    build=lambda s, ctx: ctx.attack_passes_update_bn(
+        AdversarialTraining(ctx.attack(s, ("pgd",)), choice(s, "attack_bn", BN_VIEWS), "pgd_at"),
+        extra_passes=1),  # attack_pgd's final all_loss pass on x_adv.
     doc="PGD adversarial training (Madry et al. 2018)")
 register_method(
     "fgsm_at", settings=dict(attack_bn="train"),
     attack=dict(name="fgsm", step_size=10 / 255, random_start="uniform"),
-    build=lambda s, ctx: AdversarialTraining(ctx.attack(s, ("fgsm",)),
-                                             choice(s, "attack_bn", BN_VIEWS), "fgsm_at"),
+    build=lambda s, ctx: ctx.attack_passes_update_bn(AdversarialTraining(
+        ctx.attack(s, ("fgsm",)), choice(s, "attack_bn", BN_VIEWS), "fgsm_at")),
     doc="FGSM adversarial training with random init (Wong et al. 2020)")

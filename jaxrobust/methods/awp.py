@@ -164,7 +164,7 @@ AWP_OFFICIAL = {
 }
 AWP_ATTACKS = {
     "pgd_at": dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
-                   random_start="uniform"),
+                   random_start="uniform_radius"),  # attack_pgd: L2 radius U(0, 1) eps.
     "trades": dict(TRADES_ATTACK, step_size=2 / 255),
 }
 
@@ -185,6 +185,10 @@ def build_awp(settings, ctx) -> AWP:
   if choice(settings, "awp_base", AWP_BASES) == "pgd_at":
     base = AdversarialTraining(ctx.attack(settings, ("pgd", "fgsm")),
                                choice(settings, "attack_bn", BN_VIEWS), "pgd_at")
+    # attack_bn_updates='official': attack_pgd's passes, its final pass on x_adv, then the
+    # loss pass at the perturbed weights (the proxy's own updates are discarded).
+    base = ctx.attack_passes_update_bn(
+        base, extra_passes=int(settings["attack"]["name"] == "pgd"))
   else:
     base = build_trades(settings, ctx, bn_sequence=("adv", "clean", "clean"))
   return AWP(base, gamma=positive(settings, "awp_gamma", allow_zero=True),
@@ -193,6 +197,9 @@ def build_awp(settings, ctx) -> AWP:
              coupled_weight_decay=ctx.weight_decay)
 
 
+# Random-crop padding: AT_AWP pads the training set with reflect (AT_AWP/utils.py ``pad``),
+# trades_AWP uses torchvision's RandomCrop(32, padding=4) (zeros).
 register_method("awp", settings=_awp_settings,
                 attack=lambda s: AWP_ATTACKS[s["awp_base"]], build=build_awp,
+                pad_mode=lambda s: "reflect" if s["awp_base"] == "pgd_at" else "constant",
                 doc="adversarial weight perturbation (Wu et al. 2020) around pgd_at or trades")

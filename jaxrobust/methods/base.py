@@ -16,18 +16,25 @@ compare it with a step computed from ``steps_per_epoch``; None when a method is
 called outside the trainer, which means "schedule fully active").
 ``metrics`` are per-step sums (the trainer divides by the example count).
 
-BatchNorm running averages: attack passes never update them (see
+BatchNorm running averages: by default attack passes never update them (see
 :mod:`jaxrobust.methods.adversarial`). A loss that runs several train-mode
 passes uses :func:`train_passes` and :func:`replay_bn_updates` to apply the
 official code's exact sequence of running-average updates (e.g. TRADES's
 clean, adversarial, clean) without re-running passes whose input repeats.
+With ``config.train.attack_bn_updates='official'`` a method whose attack runs
+in the train view is wrapped in :class:`AttackBNUpdates`: every forward pass
+of the attack updates the running averages first, in order, as PyTorch's
+train-mode attack does (:func:`attack_bn_updates`).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
+
+from jaxrobust.errors import ConfigError
 
 from jaxrobust.models.functional import ModelFns  # noqa: F401  (re-exported)
 
@@ -134,3 +141,95 @@ def attack_in_view(attack: Callable, model: ModelFns, params, batch_stats, x, y,
   """
   logits_fn = model.logits_fn(params, batch_stats, bn=bn)
   return attack(logits_fn, jax.random.fold_in(rng, 0), x, y, **extra)
+
+
+def attack_bn_updates(attack: Callable, model: ModelFns, params, batch_stats, x, y, rng, *,
+                      extra_passes: int = 0, **extra) -> tuple[jax.Array, Any]:
+  """A train-view attack and the running averages its forward passes leave, as PyTorch's.
+
+  In PyTorch every forward pass of a model in train mode updates each
+  BatchNorm layer's running averages, ``r <- m r + (1 - m) mu_b`` (``m`` =
+  :meth:`ModelFns.bn_momentum`, ``mu_b`` the batch mean / variance of that
+  pass), attack passes included: Rice et al. / AT-AWP's ``attack_pgd`` runs
+  ``num_steps`` passes plus one on the final point (its restart-selection
+  loss), ARD's and IAD's ``AttackPGD`` ``num_steps`` passes before the loss
+  passes. This runs the attack exactly as :func:`attack_in_view` does in the
+  ``'train'`` view (same key, same ``x_adv``), takes the inputs of its
+  passes (``return_trace``), and folds one train-mode update per pass, in
+  order, from ``batch_stats``; train-mode logits do not depend on the running
+  averages, so the sequence is exact.
+
+  Args:
+    attack: ``attack(logits_fn, rng, x, y, return_trace=True, **extra) ->
+      (x_adv, trace)`` (the built-in ``pgd`` / ``fgsm``).
+    model: the student's :class:`ModelFns`.
+    params, batch_stats: its weights and running averages before the attack.
+    x: float32 ``[B, H, W, C]`` clean batch in [0, 1].
+    y: int32 ``[B]`` labels.
+    rng: the step's PRNG key (the attack gets ``fold_in(rng, 0)``).
+    extra_passes: further passes on ``x_adv`` after the attack's own (1 for
+      ``attack_pgd``'s final ``all_loss`` pass).
+    **extra: passed to the attack.
+
+  Returns:
+    ``(x_adv, batch_stats)``: float32 ``x_adv`` like ``x`` and the running
+    averages after the passes (unchanged for a model without BatchNorm).
+
+  Raises:
+    ConfigError: the attack cannot report its forward passes.
+  """
+  logits_fn = model.logits_fn(params, batch_stats, bn="train")
+  try:
+    x_adv, trace = attack(logits_fn, jax.random.fold_in(rng, 0), x, y, return_trace=True,
+                          **extra)
+  except TypeError as e:
+    raise ConfigError(f"config.train.attack_bn_updates='official' needs an attack that reports "
+                      f"its forward passes (return_trace: the built-in pgd / fgsm); {e}") from e
+  if extra_passes:
+    trace = jnp.concatenate([trace, jnp.broadcast_to(x_adv, (extra_passes,) + x_adv.shape)])
+  if not jax.tree.leaves(batch_stats):
+    return x_adv, batch_stats
+
+  def one_pass(stats, x_pass):
+    return model.apply(params, stats, x_pass, train=True)[1], None
+
+  new_stats, _ = jax.lax.scan(one_pass, batch_stats, trace)
+  return x_adv, new_stats
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackBNUpdates:
+  """A method whose train-view attack updates the running averages, pass by pass.
+
+  ``perturb`` runs ``base.attack`` through :func:`attack_bn_updates` and
+  returns ``(x_adv, batch_stats_after_attack)``; ``loss`` is ``base.loss``
+  started from those running averages, so the step's final running averages
+  are the attack passes' updates followed by the loss passes' (PyTorch's
+  order). ``base`` needs ``attack`` and ``attack_bn == 'train'`` and a
+  ``perturb`` that is :func:`attack_in_view` of them (``pgd_at``,
+  ``fgsm_at``, ARD, IAD; AT-AWP wraps its base).
+
+  Attributes:
+    base: the method.
+    extra_passes: passes on ``x_adv`` after the attack's (see
+      :func:`attack_bn_updates`).
+  """
+  base: Any
+  extra_passes: int = 0
+
+  @property
+  def name(self) -> str:
+    return self.base.name
+
+  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """``(x_adv, batch_stats)``: ``base``'s ``x_adv`` and the running averages after it."""
+    del frozen, step
+    return attack_bn_updates(self.base.attack, model, params, batch_stats, x, y, rng,
+                             extra_passes=self.extra_passes)
+
+  def loss(self, params, batch_stats, model, x, y, aux, rng, frozen=None, step=None):
+    """``base.loss`` from the running averages after the attack passes."""
+    del batch_stats
+    x_adv, after_attack = aux
+    return self.base.loss(params, after_attack, model, x, y, x_adv, rng, frozen=frozen,
+                          step=step)

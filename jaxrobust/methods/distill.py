@@ -278,13 +278,13 @@ _STUDENT_CE_PGD = dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
                        random_start="uniform")
 
 
-def _build_ard(s, ctx) -> ARDDistill:
-  return ARDDistill(ctx.attack(s, ("pgd", "fgsm")), ctx.teacher(0),
-                    alpha=unit_interval(s, "alpha", "ard_distill"),
-                    temperature=positive(s, "temperature"),
-                    kl_reduction=choice(s, "kl_reduction", REDUCTIONS[:3]),
-                    attack_bn=choice(s, "attack_bn", BN_VIEWS),
-                    bn_updates=choice(s, "bn_updates", BN_UPDATES))
+def _build_ard(s, ctx):
+  """:class:`ARDDistill` (wrapped when its attack passes update BatchNorm, as AttackPGD)."""
+  return ctx.attack_passes_update_bn(ARDDistill(
+      ctx.attack(s, ("pgd", "fgsm")), ctx.teacher(0),
+      alpha=unit_interval(s, "alpha", "ard_distill"), temperature=positive(s, "temperature"),
+      kl_reduction=choice(s, "kl_reduction", REDUCTIONS[:3]),
+      attack_bn=choice(s, "attack_bn", BN_VIEWS), bn_updates=choice(s, "bn_updates", BN_UPDATES)))
 
 
 def _iad_settings(given):
@@ -295,14 +295,14 @@ def _iad_settings(given):
               teacher2_workdir="")  # IAD-II: the naturally trained teacher ('' -> IAD-I).
 
 
-def _build_iad(s, ctx) -> IAD:
-  return IAD(ctx.attack(s, ("pgd", "fgsm")), ctx.teacher(0), ctx.teacher(1),
-             beta=positive(s, "beta", allow_zero=True), alpha=float(s["alpha"]),
-             temperature=positive(s, "temperature"), alpha1=float(s["iad_alpha1"]),
-             alpha2=float(s["iad_alpha2"]),
-             begin_step=ctx.epochs_to_steps(s["iad_begin_epochs"]),
-             attack_bn=choice(s, "attack_bn", BN_VIEWS),
-             bn_updates=choice(s, "bn_updates", BN_UPDATES))
+def _build_iad(s, ctx):
+  """:class:`IAD` (wrapped when its attack passes update BatchNorm, as IAD-I.py's AttackPGD)."""
+  return ctx.attack_passes_update_bn(IAD(
+      ctx.attack(s, ("pgd", "fgsm")), ctx.teacher(0), ctx.teacher(1),
+      beta=positive(s, "beta", allow_zero=True), alpha=float(s["alpha"]),
+      temperature=positive(s, "temperature"), alpha1=float(s["iad_alpha1"]),
+      alpha2=float(s["iad_alpha2"]), begin_step=ctx.epochs_to_steps(s["iad_begin_epochs"]),
+      attack_bn=choice(s, "attack_bn", BN_VIEWS), bn_updates=choice(s, "bn_updates", BN_UPDATES)))
 
 
 def _build_rslad(s, ctx) -> RSLAD:

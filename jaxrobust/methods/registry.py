@@ -43,6 +43,13 @@ TEACHER_SETTINGS = dict(
 )
 BN_VIEWS = ("train", "eval")
 BN_UPDATES = ("official", "once")
+# config.train.attack_bn_updates: 'none' (attack passes leave the running averages alone) or
+# 'official' (each train-view attack pass updates them, in order, as PyTorch's train mode).
+ATTACK_BN_UPDATES = ("none", "official")
+# Random-crop padding of the training images (``config.data.pad_mode``): torchvision's
+# ``RandomCrop(padding=4)`` pads with zeros (``'constant'``); Rice et al. / AT-AWP pad the
+# whole training set with ``np.pad(mode='reflect')`` once (``AT_AWP/utils.py`` ``pad``).
+PAD_MODES = ("constant", "reflect")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,11 +66,34 @@ class BuildContext:
     weight_decay: the trainer's coupled weight decay (``config.train.
       weight_decay``; AWP applies it at the perturbed point).
     method: the method's name (error messages).
+    attack_bn_updates: ``config.train.attack_bn_updates`` (one of
+      :data:`ATTACK_BN_UPDATES`; see :meth:`attack_passes_update_bn`).
   """
   steps_per_epoch: int | None = None
   teachers: tuple = ()
   weight_decay: float = 0.0
   method: str = ""
+  attack_bn_updates: str = "none"
+
+  def attack_passes_update_bn(self, method, extra_passes: int = 0):
+    """``method``, wrapped so that its train-view attack passes update BatchNorm running averages.
+
+    With ``attack_bn_updates='official'`` and ``method.attack_bn == 'train'``:
+    :class:`jaxrobust.methods.base.AttackBNUpdates` (every attack pass, plus
+    ``extra_passes`` on ``x_adv``, updates them in order, as PyTorch's
+    train-mode attack); otherwise ``method`` unchanged (an eval-view attack
+    updates nothing, as ``model.eval()``).
+
+    Raises:
+      ConfigError: ``attack_bn_updates`` is not one of :data:`ATTACK_BN_UPDATES`.
+    """
+    if self.attack_bn_updates not in ATTACK_BN_UPDATES:
+      raise ConfigError(f"config.train.attack_bn_updates={self.attack_bn_updates!r}; use one "
+                        f"of {ATTACK_BN_UPDATES}")
+    if self.attack_bn_updates == "none" or getattr(method, "attack_bn", None) != "train":
+      return method
+    from jaxrobust.methods.base import AttackBNUpdates  # pylint: disable=g-import-not-at-top
+    return AttackBNUpdates(method, extra_passes=int(extra_passes))
 
   def epochs_to_steps(self, epochs: float) -> int | None:
     """``round(epochs * steps_per_epoch)``; 0 for 0 epochs; None when unresolved."""
@@ -128,6 +158,9 @@ class MethodSpec:
     teachers: how many teacher workdirs the method loads, or a function of
       the settings.
     doc: one line for listings.
+    pad_mode: the random crop's padding in the method's official code (one of
+      :data:`PAD_MODES`), or a function of the settings; what an unset
+      ``config.data.pad_mode`` resolves to.
   """
   name: str
   build: Callable[[Mapping[str, Any], BuildContext], Any]
@@ -135,6 +168,7 @@ class MethodSpec:
   attack: Mapping[str, Any] | Callable[[Mapping[str, Any]], Mapping[str, Any]] | None = None
   teachers: int | Callable[[Mapping[str, Any]], int] = 0
   doc: str = ""
+  pad_mode: str | Callable[[Mapping[str, Any]], str] = "constant"
 
   def defaults(self, given: Mapping[str, Any] | None = None) -> dict:
     """The official value of every own setting, given the user's ``given`` settings."""
@@ -154,12 +188,15 @@ class MethodSpec:
   def num_teachers(self, settings: Mapping[str, Any]) -> int:
     return int(self.teachers(settings) if callable(self.teachers) else self.teachers)
 
+  def official_pad_mode(self, settings: Mapping[str, Any]) -> str:
+    return str(self.pad_mode(settings) if callable(self.pad_mode) else self.pad_mode)
+
 
 _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, *, build: Callable, settings=None, attack=None, teachers=0,
-                    doc: str = "", replace: bool = False) -> MethodSpec:
+                    doc: str = "", pad_mode="constant", replace: bool = False) -> MethodSpec:
   """Registers a training method under ``name`` (one call per method module).
 
   Args:
@@ -176,19 +213,26 @@ def register_method(name: str, *, build: Callable, settings=None, attack=None, t
       ``settings``; see :data:`TEACHER_SETTINGS`), or a function of the
       settings.
     doc: one line for listings.
+    pad_mode: the random-crop padding of the method's official training data
+      pipeline, ``'constant'`` (zeros, torchvision's ``RandomCrop(padding=4)``;
+      the default) or ``'reflect'``, or a function of the settings; an unset
+      ``config.data.pad_mode`` takes it (:func:`official_pad_mode`).
     replace: allow re-registering an existing name.
 
   Returns:
     The :class:`MethodSpec`.
 
   Raises:
-    ConfigError: ``name`` is already registered (and not ``replace``), or a
-      setting is called ``name`` / ``attack``.
+    ConfigError: ``name`` is already registered (and not ``replace``), a
+      setting is called ``name`` / ``attack``, or ``pad_mode`` is not one of
+      :data:`PAD_MODES`.
   """
   if name in _REGISTRY and not replace:
     raise ConfigError(f"method {name!r} is already registered; pass replace=True to override")
+  if not callable(pad_mode) and pad_mode not in PAD_MODES:
+    raise ConfigError(f"method {name!r}: pad_mode must be one of {PAD_MODES}, got {pad_mode!r}")
   spec = MethodSpec(name, build, settings if settings is not None else {}, attack, teachers,
-                    doc)
+                    doc, pad_mode)
   if {"name", "attack"} & set(spec.defaults({})):
     raise ConfigError(f"method {name!r}: 'name' and 'attack' are not settings")
   _REGISTRY[name] = spec
@@ -270,7 +314,7 @@ def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
-                       weight_decay: float = 0.0):
+                       weight_decay: float = 0.0, attack_bn_updates: str = "none"):
   """Builds the training method named ``cfg['name']`` from ``config.method``.
 
   Args:
@@ -285,6 +329,10 @@ def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
       that raises when used (for validation).
     weight_decay: the trainer's coupled weight decay (AWP applies it at the
       perturbed point, as PyTorch does).
+    attack_bn_updates: ``config.train.attack_bn_updates``: ``'none'`` (attack
+      passes leave the BatchNorm running averages alone) or ``'official'``
+      (those of a train-view attack update them, as PyTorch;
+      :class:`BuildContext.attack_passes_update_bn`).
 
   Returns:
     The method (``perturb`` / ``loss``; see :mod:`jaxrobust.methods.base`).
@@ -294,7 +342,8 @@ def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
       invalid value.
   """
   spec, settings = method_settings(cfg)
-  ctx = BuildContext(steps_per_epoch, tuple(teachers), float(weight_decay), spec.name)
+  ctx = BuildContext(steps_per_epoch, tuple(teachers), float(weight_decay), spec.name,
+                     attack_bn_updates)
   return spec.build(settings, ctx)
 
 
@@ -306,6 +355,27 @@ def num_teachers(cfg) -> int:
   """
   spec, settings = method_settings(cfg)
   return spec.num_teachers(settings)
+
+
+def official_pad_mode(cfg) -> str:
+  """The random-crop padding of the official code of the method of ``config.method``.
+
+  ``'reflect'`` for PGD-AT (Rice et al.) and AT-AWP (``csdongxian/AWP:
+  AT_AWP/utils.py`` pads the training set with ``np.pad(mode='reflect')``),
+  ``'constant'`` (zeros, torchvision's ``RandomCrop(32, padding=4)``) for
+  TRADES, MART, TRADES-AWP, ARD, IAD, RSLAD, FGSM-AT (``locuslab/
+  fast_adversarial:CIFAR10/utils.py``) and the others. An unset
+  ``config.data.pad_mode`` resolves to it (:func:`jaxrobust.train.resolve_config`).
+
+  Raises:
+    ConfigError: unknown method or key, or a registered function that returns
+      a mode outside :data:`PAD_MODES`.
+  """
+  spec, settings = method_settings(cfg)
+  mode = spec.official_pad_mode(settings)
+  if mode not in PAD_MODES:
+    raise ConfigError(f"method {spec.name!r} gives pad_mode {mode!r}; use one of {PAD_MODES}")
+  return mode
 
 
 # Value checks for constructors: each raises ConfigError naming config.method.<key>.
@@ -336,7 +406,7 @@ def unit_interval(settings: Mapping[str, Any], key: str, method: str) -> float:
   return value
 
 
-__all__ = ["BN_UPDATES", "BN_VIEWS", "BuildContext", "MethodSpec", "TEACHER_SETTINGS", "choice",
-           "get_method", "method_config", "method_from_config", "method_settings",
-           "num_teachers", "positive", "register_method", "registered_methods",
-           "unit_interval"]
+__all__ = ["ATTACK_BN_UPDATES", "BN_UPDATES", "BN_VIEWS", "BuildContext", "MethodSpec", "PAD_MODES",
+           "TEACHER_SETTINGS", "choice", "get_method", "method_config", "method_from_config", "method_settings",
+           "num_teachers", "official_pad_mode", "positive", "register_method",
+           "registered_methods", "unit_interval"]

@@ -16,7 +16,8 @@ from jaxrobust.attacks.threat import attack_config, resolve_attack
 from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MODELS
-from jaxrobust.methods import get_method, method_config, method_from_config
+from jaxrobust.methods import (ATTACK_BN_UPDATES, PAD_MODES, get_method, method_config,
+                               method_from_config, official_pad_mode)
 from jaxrobust.train.builders import aux_heads_of
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
@@ -50,7 +51,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   c.data.test_size = 1000  # test[:1000] is the exact CIFAR-10 subset.
   c.data.augment = True
   c.data.pad = 4
-  c.data.pad_mode = "constant"
+  # Random-crop padding: 'constant' (zeros) or 'reflect'; '' = the method's official one
+  # (reflect for pgd_at and AT-AWP as Rice et al. / AWP, zeros for the others;
+  # jaxrobust.methods.official_pad_mode), filled in by resolve_config.
+  c.data.pad_mode = ""
   c.data.flip = True
   # (H, W, C); () = from the dataset's metadata. The trainer records the loaded shape.
   c.data.image_shape = ()
@@ -118,6 +122,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # 'recompute_clean' (Chen et al. ICLR 2021), 'recompute_adversarial' (the training
   # attack), or 'none' (the raw model's running averages: what forgetting it gives).
   c.train.swa_bn = "recompute_clean"
+  # BatchNorm running averages during train-view attacks (pgd_at, fgsm_at, AT-AWP, ARD, IAD):
+  # 'none' (only the training passes update them) or 'official' (every attack pass updates
+  # them too, in order, as PyTorch's train mode; jaxrobust.methods.AttackBNUpdates).
+  c.train.attack_bn_updates = "none"
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
   c.train.keep_checkpoints = 2
@@ -214,6 +222,9 @@ def validate_config(c) -> None:
     _fail(f"config.data.name={c.data.name!r} is unknown; choose one of {sorted(NUM_CLASSES)}")
   if c.data.source not in ("numpy", "tfds"):
     _fail(f"config.data.source={c.data.source!r}; use 'numpy' or 'tfds'")
+  if c.data.pad_mode not in ("",) + PAD_MODES:
+    _fail(f"config.data.pad_mode={c.data.pad_mode!r}; use one of {PAD_MODES}, or '' for the "
+          f"method's official padding")
   if c.model.name not in MODELS:
     _fail(f"config.model.name={c.model.name!r} is unknown; choose one of {sorted(MODELS)}")
   if c.model.dtype not in ("float32", "bfloat16", "float16"):
@@ -229,6 +240,9 @@ def validate_config(c) -> None:
   if not 0 <= t.ema_decay < 1:
     _fail(f"config.train.ema_decay must be in [0, 1), got {t.ema_decay}")
   _validate_swa(t)
+  if t.attack_bn_updates not in ATTACK_BN_UPDATES:
+    _fail(f"config.train.attack_bn_updates={t.attack_bn_updates!r}; use one of "
+          f"{ATTACK_BN_UPDATES}")
   if c.eval.select not in ("val_robust", "val_clean"):
     _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
   if c.data.val_size < 1 and c.eval.every_epochs > 0:
@@ -264,7 +278,9 @@ def resolve_config(config) -> ml_collections.ConfigDict:
   and ``config.eval.test_attack`` take ``config.eps`` (pixel units) and
   ``config.norm`` where they leave ``eps`` / ``norm`` unset (missing or None);
   a branch that sets its own keeps it (see :mod:`jaxrobust.attacks.threat`).
-  ``config`` itself is unchanged.
+  An unset ``config.data.pad_mode`` ('') takes the method's official random-crop
+  padding (:func:`jaxrobust.methods.official_pad_mode`: ``'reflect'`` for
+  ``pgd_at`` and AT-AWP, ``'constant'`` otherwise). ``config`` itself is unchanged.
 
   Returns:
     A locked ConfigDict; its attack branches are plain settings (no unset keys).
@@ -283,6 +299,8 @@ def resolve_config(config) -> ml_collections.ConfigDict:
     c.method.attack = resolve_attack(c.method.attack, where="config.method.attack", **kw)
   for key in ("val_attack", "test_attack"):
     c.eval[key] = resolve_attack(c.eval[key], where=f"config.eval.{key}", **kw)
+  if not c.data.pad_mode:
+    c.data.pad_mode = official_pad_mode(c.method)
   c.lock()
   return c
 

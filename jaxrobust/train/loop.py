@@ -207,7 +207,8 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
                                        frozen=frozen, swa=swa_on)
   model_fns = ModelFns(graphdef)
   method = method_from_config(config.method, steps_per_epoch=steps_per_epoch,
-                              teachers=teachers, weight_decay=config.train.weight_decay)
+                              teachers=teachers, weight_decay=config.train.weight_decay,
+                              attack_bn_updates=config.train.get("attack_bn_updates", "none"))
   state = parallel.replicate(state, mesh)
 
   # Restore.

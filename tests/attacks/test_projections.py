@@ -31,7 +31,7 @@ def x():
 
 def test_constants():
   assert NORMS == ("linf", "l2")
-  assert RANDOM_STARTS == ("uniform", "normal", "none")
+  assert RANDOM_STARTS == ("uniform", "normal", "none", "uniform_radius")
 
 
 def test_linf_project_by_hand():
@@ -112,6 +112,31 @@ def test_random_init_l2_uniform_in_ball(x):
   # direction uniform on the sphere: each coordinate of d / |d| has mean 0 (std 0.0026).
   u = d / r[:, None]
   assert np.all(np.abs(u.mean(0)) < 0.015)
+
+
+def test_random_init_l2_uniform_radius_as_rice_et_al():
+  # Rice et al. / AWP attack_pgd: normalised Gaussian direction, radius U(0, 1) * eps, so the
+  # mean radius is eps / 2 (uniform in the 192-D ball: 192/193 eps). 4000 examples, one draw.
+  eps, n = 0.5, 4000
+  x = jnp.zeros((n, 8, 8, 3), jnp.float32)
+  key = jax.random.PRNGKey(7)
+  d = np.asarray(random_init(key, x, eps, "l2", "uniform_radius")).reshape(n, -1)
+  r = _l2(d)
+  assert np.all(r <= eps * (1 + 1e-6))
+  assert abs(r.mean() / eps - 0.5) < 0.02  # std of the mean: 0.29 / sqrt(4000) = 0.0046
+  for t in (0.1, 0.25, 0.5, 0.75, 0.9):  # P(r <= t eps) = t
+    assert abs(np.mean(r <= eps * t) - t) < 0.03
+  ball = np.asarray(random_init(key, x, eps, "l2", "uniform")).reshape(n, -1)
+  r_ball = _l2(ball)
+  assert abs(r_ball.mean() / eps - 192 / 193) < 0.002
+  # Same key, same direction: only the radius law differs.
+  np.testing.assert_allclose(d / r[:, None], ball / r_ball[:, None], atol=1e-5)
+
+
+def test_random_init_uniform_radius_is_uniform_for_linf(x):
+  key = jax.random.PRNGKey(5)
+  np.testing.assert_array_equal(np.asarray(random_init(key, x, 0.03, "linf", "uniform_radius")),
+                                np.asarray(random_init(key, x, 0.03, "linf", "uniform")))
 
 
 def test_random_init_unknown(x):
