@@ -6,6 +6,7 @@ them unless ``JAXROBUST_REQUIRE_SLURM=1`` (``.ci/run`` sets it once it has insta
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -120,3 +121,7 @@ def test_sbatch_preempt_requeue_resume_equals_one_process(slurm, tmp_path, data_
   got, want = _final_params(workdir), _final_params(tmp_path / "ref")
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  # The test set, split over the two processes and gathered, gives the 1-process figures.
+  report = json.loads((workdir / "report.json").read_text())
+  ref_report = json.loads((tmp_path / "ref" / "report.json").read_text())
+  assert report["last"] == ref_report["last"] and report["last"]["count"] == 100
