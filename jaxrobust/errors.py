@@ -55,3 +55,22 @@ class Preempted(Exception):  # not a JaxRobustError: nothing is wrong with the i
     super().__init__(f"preempted ({signal_name}): saved the checkpoint of step {step} in "
                      f"{checkpoint} and stopped; rerun the same command to resume (exit status "
                      f"{EXIT_PREEMPTED})")
+
+
+class AutoAttackPreempted(Preempted):
+  """An AutoAttack evaluation stopped on a preemption signal after saving its state.
+
+  Rerunning the same ``python -m jaxrobust.evaluate ... --aa_state DIR``
+  command resumes at the next batch; the result equals an uninterrupted run's.
+
+  Attributes:
+    where: the attack pass and the points done in it (for the message).
+    checkpoint: the state directory (``--aa_state``).
+    signal_name: as :class:`Preempted`.
+  """
+
+  def __init__(self, where: str, state_dir: str, signal_name: str):  # pylint: disable=super-init-not-called
+    self.step, self.where, self.checkpoint, self.signal_name = None, where, state_dir, signal_name
+    Exception.__init__(self, f"preempted ({signal_name}): saved the AutoAttack state ({where}) "
+                             f"in {state_dir} and stopped; rerun the same command to resume "
+                             f"(exit status {EXIT_PREEMPTED})")

@@ -62,7 +62,7 @@ import tqdm
 
 from jaxrobust.attacks import (attack_names, call_logits, dlr_loss, get_attack, model_key,
                                resolve_attack_name)
-from jaxrobust.errors import CheckpointError, ConfigError
+from jaxrobust.errors import AutoAttackPreempted, CheckpointError, ConfigError
 from jaxrobust.parallel import check_batch_size, data_sharding, replicated
 from jaxrobust.types import AnyLogitsFn
 
@@ -395,7 +395,8 @@ def padded_size(n: int, batch_size: int, n_dev: int = 1) -> int:
 
 def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, settings:
                    AutoAttackSettings, *, batch_size: int = 250, mesh=None, seed: int = 0,
-                   state_dir: str | None = None, progress: bool = True) -> AutoAttackResult:
+                   state_dir: str | None = None, progress: bool = True,
+                   should_stop: Callable[[], str | None] | None = None) -> AutoAttackResult:
   """Runs the AutoAttack cascade on ``(x, y)``.
 
   Args:
@@ -417,12 +418,19 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
       finished passes) is saved there after every pass and an interrupted
       evaluation resumes from it.
     progress: show a progress bar.
+    should_stop: polled after every batch when ``state_dir`` is given; a
+      non-empty return (the signal's name, e.g. from
+      :class:`jaxrobust.train.preemption.PreemptionGuard`) saves the state,
+      including the position inside the current pass, and raises
+      :class:`jaxrobust.errors.AutoAttackPreempted`. Resuming from that state
+      gives the same result as an uninterrupted run.
 
   Returns:
     An :class:`AutoAttackResult`.
 
   Raises:
     ConfigError: batch size not divisible by the mesh size.
+    AutoAttackPreempted: ``should_stop`` asked to stop (the state is saved).
     CheckpointError: a state written for other settings or data.
   """
   x = np.asarray(x)
@@ -492,12 +500,18 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
       tag = f"{name}:{sub}"
       if tag in meta["done"]:
         continue
-      idx = np.flatnonzero(robust)
+      partial = meta.get("partial")
+      if partial and partial["tag"] == tag:  # resumed inside this pass: its points, its chunks.
+        idx, start = np.asarray(partial["idx"], np.int64), int(partial["next_chunk"])
+      else:
+        idx, start = np.flatnonzero(robust), 0
       it = batches(idx)
       if progress and len(idx):
         it = tqdm.tqdm(it, total=-(-len(idx) // batch_size), leave=False,
-                       desc=f"{name} {sub + 1}/{n_sub}")
+                       desc=f"{name} {sub + 1}/{n_sub}", initial=start)
       for c, chunk, pad in it:
+        if c < start:
+          continue
         k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, a_i), sub), c)
         adv = np.asarray(run(x[pad], y[pad], k, jnp.int32(sub)))[: len(chunk)]
         pred = np.asarray(predict(np.concatenate([adv, x[pad][len(chunk):]]),
@@ -505,13 +519,24 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
         broken = pred != y[chunk]
         robust[chunk[broken]] = False
         x_adv[chunk[broken]] = adv[broken]
+        last = c == (len(idx) - 1) // batch_size
+        if state_dir and should_stop is not None and not last and (sig := should_stop()):
+          meta["partial"] = {"tag": tag, "idx": idx.tolist(), "next_chunk": c + 1}
+          meta["seconds"][name] = meta["seconds"].get(name, 0.0) + time.time() - t0
+          _save_state(state_dir, meta, robust, x_adv)
+          done = min(len(idx), (c + 1) * batch_size)
+          raise AutoAttackPreempted(f"{name} pass {sub + 1}/{n_sub}, {done} of {len(idx)} "
+                                    f"points", state_dir, sig)
+      meta.pop("partial", None)
       meta["done"].append(tag)
       meta["seconds"][name] = meta["seconds"].get(name, 0.0) + time.time() - t0
       t0 = time.time()
       meta["robust_accuracy"][name] = float(robust.mean())
       if state_dir:
         _save_state(state_dir, meta, robust, x_adv)
-    meta["robust_accuracy"][name] = float(robust.mean())
+        finished = a_i == len(settings.attacks) - 1 and sub == n_sub - 1
+        if should_stop is not None and not finished and (sig := should_stop()):
+          raise AutoAttackPreempted(f"{name} pass {sub + 1}/{n_sub} done", state_dir, sig)
   ra = meta["robust_accuracy"]
   if "square" in ra and len(ra) > 2:
     others = min(v for k, v in ra.items() if k != "square")

@@ -129,6 +129,32 @@ def test_robust_accuracy_is_monotone_in_eps_and_bounded_by_pgd(data_dir):
 
 
 @pytest.mark.slow
+def test_a_signal_mid_pass_saves_and_the_resumed_run_equals_an_uninterrupted_one(
+    tmp_path, data_dir):
+  from jaxrobust.errors import AutoAttackPreempted
+  logits_fn, x, y = _trained_linear_mnist(data_dir)
+  s = AutoAttackSettings.for_version(0.1, "linf", "custom", attacks=("apgd-ce", "apgd-t"),
+                                     **FAST)
+  full = run_autoattack(logits_fn, x, y, s, batch_size=16, progress=False)
+  for stop_at in (1, 2, 5):  # inside APGD-CE's pass, at its end, inside an APGD-T pass
+    calls = []
+
+    def should_stop(stop_at=stop_at, calls=calls):
+      calls.append(1)
+      return "SIGTERM" if len(calls) == stop_at else None
+    state = tmp_path / f"state{stop_at}"
+    with pytest.raises(AutoAttackPreempted, match=r"preempted \(SIGTERM\): saved the "
+                       r"AutoAttack state \((apgd_ce|apgd_t) pass .*\) in .*exit status 75"):
+      run_autoattack(logits_fn, x, y, s, batch_size=16, progress=False, state_dir=str(state),
+                     should_stop=should_stop)
+    resumed = run_autoattack(logits_fn, x, y, s, batch_size=16, progress=False,
+                             state_dir=str(state), should_stop=lambda: None)
+    np.testing.assert_array_equal(resumed.robust, full.robust)
+    np.testing.assert_array_equal(resumed.x_adv, full.x_adv)
+    assert resumed.robust_accuracy == full.robust_accuracy
+
+
+@pytest.mark.slow
 def test_resume_from_state_equals_uninterrupted(tmp_path, data_dir, monkeypatch):
   logits_fn, x, y = _trained_linear_mnist(data_dir)
   s = AutoAttackSettings.for_version(0.1, "linf", "custom", attacks=("apgd-ce", "apgd-t"),
