@@ -19,10 +19,17 @@ parameterised ones, e.g. ``cifar10_pgd_at.py:local,pgd_steps=3``) this prints:
 before the method registry / one-``eps`` refactor), so a refactor that changes
 any effective value fails.
 
+Configs added after that refactor (``cifar10_vit_pgd_at``) are pinned as
+today's code resolves them (every key, compared exactly); ``--add NAME``
+writes only that config's variants into an existing ``--out`` file, leaving
+the other entries as they are.
+
 Usage::
 
     python benchmarks/resolved_configs.py > resolved.json
     python benchmarks/resolved_configs.py --out tests/train/resolved_configs.json
+    python benchmarks/resolved_configs.py --add cifar10_vit_pgd_at \
+        --out tests/train/resolved_configs.json
 """
 from __future__ import annotations
 
@@ -50,6 +57,9 @@ VARIANTS = {
     "cifar10_rslad": ["", "local", "smoke", "mobilenet", "mobilenet,local"],
     "mnist_pgd_at": ["", "local", "smoke"],
     "cifar10_rift": ["", "local", "smoke"],
+    "cifar10_vit_pgd_at": ["", "local", "smoke", "ard=false,prm=false", "local,ard=false",
+                           "local,prm=false", "local,ard=false,prm=false",
+                           "model=vit_small_patch16_224"],
 }
 STEPS_PER_EPOCH = 100  # resolves epoch settings (AWP warm-up, IAD begin) to steps.
 _SKIP_FIELDS = ("attack", "teacher", "natural_teacher")
@@ -156,9 +166,11 @@ def rift_settings(config) -> dict:
   return {"attacks": attacks, "config": rest}
 
 
-def all_settings() -> dict:
+def all_settings(names=None) -> dict:
   out = {}
   for name, variants in VARIANTS.items():
+    if names and name not in names:
+      continue
     for arg in variants:
       config = load_config(name, arg)
       key = f"{name}.py:{arg}" if arg else f"{name}.py"
@@ -169,8 +181,14 @@ def all_settings() -> dict:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", default="", help="write the JSON here (default: stdout)")
+  parser.add_argument("--add", action="append", default=[],
+                      help="only these config files' variants, merged into --out")
   args = parser.parse_args()
-  text = json.dumps(all_settings(), indent=1, sort_keys=True)
+  settings = all_settings(args.add)
+  if args.add and args.out and os.path.isfile(args.out):
+    with open(args.out, encoding="utf-8") as f:
+      settings = {**json.load(f), **settings}
+  text = json.dumps(settings, indent=1, sort_keys=True)
   if args.out:
     with open(args.out, "w", encoding="utf-8") as f:
       f.write(text + "\n")

@@ -17,6 +17,7 @@ from jaxrobust.data import NUM_CLASSES
 from jaxrobust.errors import ConfigError
 from jaxrobust.models import MODELS
 from jaxrobust.methods import get_method, method_config, method_from_config
+from jaxrobust.train.builders import check_model_kwargs
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
 
@@ -61,6 +62,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   c.model.name = "preact_resnet18"
   c.model.normalize = "cifar10"  # mean/std inside the model.
   c.model.dtype = "float32"  # or 'bfloat16' (compute dtype).
+  # Extra keyword arguments of the model's constructor (checked against its signature by
+  # jaxrobust.train.builders.check_model_kwargs), e.g. dict(patch_size=4) for a ViT. Set it
+  # as a whole in a config file: c.model.kwargs = dict(patch_size=4, depth=6).
+  c.model.kwargs = ml_collections.ConfigDict()
 
   # The threat model, set once: every attack branch (config.method.attack,
   # config.eval.val_attack, config.eval.test_attack) that leaves eps / norm unset
@@ -180,6 +185,7 @@ def validate_config(c) -> None:
     _fail(f"config.data.source={c.data.source!r}; use 'numpy' or 'tfds'")
   if c.model.name not in MODELS:
     _fail(f"config.model.name={c.model.name!r} is unknown; choose one of {sorted(MODELS)}")
+  check_model_kwargs(c.model.name, c.model.get("kwargs", None))
   if c.model.dtype not in ("float32", "bfloat16", "float16"):
     _fail(f"config.model.dtype={c.model.dtype!r}; use float32, bfloat16 or float16")
   t = c.train
@@ -289,6 +295,9 @@ def config_for_saved(saved: dict) -> tuple[ml_collections.ConfigDict, dict]:
   config.unlock()
   config.method = method_config(**m)
   config.method.unlock()
+  kwargs = (saved.get("model") or {}).get("kwargs") or {}
+  if kwargs:  # the model's extra constructor arguments: keys of the run's own.
+    config.model.kwargs = dict(kwargs)
   return config, saved
 
 
