@@ -30,6 +30,9 @@ Arguments (``:arg,arg=value``):
 * ``ard=false`` / ``prm=false``: switch attention random dropping / perturbation
   random masking off (``prm=false`` runs plain PGD); ``ard=false,prm=false``
   is the official "vanilla" AT run.
+* ``eps_warmup=E``: eps grows linearly over the first E epochs, constant
+  within an epoch and 0 in the first (Debenedetti et al.'s light recipe; NOT
+  Mo et al.'s, whose code keeps eps fixed).
 * ``model=NAME``: another ViT (``vit_s``, ``vit_b``, ``deit_s``,
   ``vit_small_patch16_224``), patch 4.
 
@@ -48,8 +51,8 @@ PATCH = 4  # the ViT's patch size; PRM masks the same grid.
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, local=False, smoke=False, ard=True, prm=True, epochs=0,
-                  model="deit_ti")
+  arg = parse_arg(arg, local=False, smoke=False, ard=True, prm=True, eps_warmup=0.0,
+                  epochs=0, model="deit_ti")
   c = default_config()
   c.model.name = arg.model
   c.model.normalize = "cifar10"
@@ -60,7 +63,8 @@ def get_config(arg=None):
     attack = dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
                   random_start="uniform")
   c.method = method_config("vit_pgd_at", attack=attack, attention_random_drop=arg.ard,
-                           warmup_epochs=10.0, keep_final=1.0, attack_bn="eval")
+                           warmup_epochs=10.0, keep_final=1.0, attack_bn="eval",
+                           eps_warmup_epochs=arg.eps_warmup)
   t = c.train
   t.batch_size = 64
   t.num_epochs = 40

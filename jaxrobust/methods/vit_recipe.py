@@ -32,18 +32,26 @@ every training step. With ``name='pgd'`` the method runs without PRM.
 The loss is the mean CE of the adversarial batch in train mode (PGD-AT, as
 :class:`jaxrobust.methods.adversarial.AdversarialTraining`); the attack runs
 in the eval view (``attack_bn='eval'``, the official ``model.eval()``).
-Mixup/CutMix on the AT branch and the TRADES/MART variants are not built yet.
+
+**Eps warm-up** (``eps_warmup_epochs``, :func:`eps_warmup`; off by default):
+NOT part of Mo et al.'s recipe (their code keeps eps fixed from the first
+step) but of Debenedetti et al.'s "light recipe" for ViTs
+(``dedeswim/vits-robustness-torch:src/attacks.py``, ``make_linear_schedule``
+with ``zero_eps_epochs=0``): the training attack's eps is ``eps * e / n`` in
+0-based epoch ``e < n`` and ``eps`` afterwards, constant within an epoch
+(epoch 0 trains on clean inputs); the step size stays fixed.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrobust.attacks import stochastic
+from jaxrobust.attacks import get_attack, stochastic
 from jaxrobust.errors import ConfigError
 from jaxrobust.methods.adversarial import AdversarialTraining
 from jaxrobust.methods.base import ModelFns
@@ -71,6 +79,28 @@ def mo_keep_prob(step, steps_per_epoch: int, warmup_epochs: float = 10.0,
   if warmup_epochs <= 0:
     return jnp.float32(keep_final) + 0.0 * t
   return jnp.minimum(t / jnp.float32(warmup_epochs), 1.0) * jnp.float32(keep_final)
+
+
+def eps_warmup(step, steps_per_epoch: int, eps: float, warmup_epochs: float):
+  """The training attack's eps at optimiser ``step``: ``eps * min(e / n, 1)``, ``e`` the epoch.
+
+  Debenedetti et al.'s linear eps schedule (``dedeswim/vits-robustness-
+  torch:src/attacks.py``, ``make_linear_schedule``, ``zero_eps_epochs=0``):
+  the 0-based epoch ``e = step // steps_per_epoch``, so eps is constant
+  within an epoch, 0 in the first one, and ``eps`` from epoch ``n`` on. Not
+  Mo et al.'s recipe (which has no eps warm-up).
+
+  Args:
+    step: 0-based optimiser step (int or traced int32).
+    steps_per_epoch: optimiser steps per epoch, >= 1.
+    eps: the final budget (pixel units).
+    warmup_epochs: n > 0.
+
+  Returns:
+    float32 scalar in [0, eps].
+  """
+  epoch = (jnp.asarray(step, jnp.int32) // steps_per_epoch).astype(jnp.float32)
+  return jnp.minimum(epoch / jnp.float32(warmup_epochs), 1.0) * jnp.float32(eps)
 
 
 def attention_random_drop_logits_fn(model: ModelFns, params, batch_stats, keep_prob, *,
@@ -125,22 +155,28 @@ class ViTAdversarialTraining:
   """PGD-AT of a ViT with attention random dropping and/or perturbation random masking.
 
   Attributes:
-    attack: ``attack(logits_fn, rng, x, y, **extra) -> x_adv`` (``pgd`` or
-      ``pgd_prm``).
+    attack: ``attack(logits_fn, rng, x, y, eps=..., **extra) -> x_adv``
+      (``pgd`` or ``pgd_prm`` with every setting but ``eps`` bound).
     prm: the attack is ``pgd_prm`` (it then gets ``keep_prob=r``).
+    eps: the training attack's budget (pixel units).
     attention_random_drop: gate the attention gradients while attacking.
-    steps_per_epoch: for r(t); None: r = keep_final (schedule fully active).
+    steps_per_epoch: for r(t) and the eps warm-up; None: both fully active
+      (r = keep_final, eps).
     warmup_epochs: n_w.
     keep_final: final keep probability.
     attack_bn: the attack's view (``'eval'``, official).
+    eps_warmup_epochs: > 0: eps grows over that many epochs
+      (:func:`eps_warmup`; not Mo et al.'s recipe); 0: off (official).
   """
   attack: Callable
   prm: bool
+  eps: float
   attention_random_drop: bool = True
   steps_per_epoch: int | None = None
   warmup_epochs: float = 10.0
   keep_final: float = 1.0
   attack_bn: str = "eval"
+  eps_warmup_epochs: float = 0.0
   name: str = "vit_pgd_at"
 
   def keep_prob(self, step):
@@ -149,8 +185,15 @@ class ViTAdversarialTraining:
       return jnp.float32(self.keep_final)
     return mo_keep_prob(step, self.steps_per_epoch, self.warmup_epochs, self.keep_final)
 
+  def attack_eps(self, step):
+    """The training attack's eps at ``step``: :func:`eps_warmup`, or ``eps`` (a Python float)
+    when the warm-up is off or the step / epoch length is unknown."""
+    if not self.eps_warmup_epochs or step is None or self.steps_per_epoch is None:
+      return self.eps
+    return eps_warmup(step, self.steps_per_epoch, self.eps, self.eps_warmup_epochs)
+
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
-    """float32 ``x_adv`` ``[B, H, W, C]`` crafted with ARD / PRM at r(step)."""
+    """float32 ``x_adv`` ``[B, H, W, C]`` crafted with ARD / PRM at r(step), eps(step)."""
     del frozen
     r = self.keep_prob(step)
     if self.attention_random_drop:
@@ -159,25 +202,49 @@ class ViTAdversarialTraining:
     else:
       logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
     extra = {"keep_prob": r} if self.prm else {}
-    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y, **extra)
+    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y, eps=self.attack_eps(step),
+                       **extra)
 
   # The outer loss is PGD-AT's: mean CE of the train-mode logits of x_adv.
   loss = AdversarialTraining.loss
 
 
-def _build(s, ctx):
-  attack_cfg = dict(s.get("attack") or {})
-  name = attack_cfg.get("name")
-  if name == "pgd_prm" and attack_cfg.get("keep_prob") is not None:
+def scheduled_attack(settings, ctx, **kw) -> tuple[Callable, float]:
+  """The training attack with every setting bound but ``eps``, and that ``eps``.
+
+  Validates ``settings['attack']`` as :meth:`BuildContext.attack` does
+  (names ``pgd`` / ``pgd_prm``, ``**kw`` e.g. ``kl=True``); the method passes
+  eps at each step (the warm-up schedule).
+
+  Raises:
+    ConfigError: an invalid attack config, or ``keep_prob`` set for
+      ``pgd_prm`` (the method's schedule sets it).
+  """
+  cfg = {k: v for k, v in dict(settings.get("attack") or {}).items() if v is not None}
+  if cfg.get("name") == "pgd_prm" and "keep_prob" in cfg:
     raise ConfigError("config.method.attack.keep_prob is set by the method's schedule "
                       "(warmup_epochs, keep_final): remove it from the attack config")
-  attack = ctx.attack(s, ("pgd", "pgd_prm"))
-  warmup = positive(s, "warmup_epochs", allow_zero=True)
-  return ViTAdversarialTraining(
-      attack, prm=name == "pgd_prm", attention_random_drop=bool(s["attention_random_drop"]),
-      steps_per_epoch=ctx.steps_per_epoch, warmup_epochs=warmup,
-      keep_final=unit_interval(s, "keep_final", "vit_pgd_at"),
-      attack_bn=choice(s, "attack_bn", BN_VIEWS))
+  ctx.attack(settings, ("pgd", "pgd_prm"), **kw)  # the checks (and their messages).
+  spec = get_attack(cfg.pop("name"))
+  cfg = {**spec.check(cfg), **spec.fixed}
+  eps = float(cfg.pop("eps"))
+  return functools.partial(spec.fn, **cfg), eps
+
+
+def _schedule_settings(s, ctx, method: str) -> dict:
+  """The ARD / PRM / eps-warm-up keyword arguments shared by the ViT methods."""
+  return dict(attention_random_drop=bool(s["attention_random_drop"]),
+              steps_per_epoch=ctx.steps_per_epoch,
+              warmup_epochs=positive(s, "warmup_epochs", allow_zero=True),
+              keep_final=unit_interval(s, "keep_final", method),
+              attack_bn=choice(s, "attack_bn", BN_VIEWS),
+              eps_warmup_epochs=positive(s, "eps_warmup_epochs", allow_zero=True))
+
+
+def _build(s, ctx):
+  attack, eps = scheduled_attack(s, ctx)
+  return ViTAdversarialTraining(attack, prm=s["attack"]["name"] == "pgd_prm", eps=eps,
+                                **_schedule_settings(s, ctx, "vit_pgd_at"))
 
 
 # Official CIFAR-10 settings (train_cifar.py / parser_cifar.py): PGD-10, step 2/255, uniform
@@ -185,7 +252,7 @@ def _build(s, ctx):
 register_method(
     "vit_pgd_at",
     settings=dict(attack_bn="eval", attention_random_drop=True, warmup_epochs=10.0,
-                  keep_final=1.0),
+                  keep_final=1.0, eps_warmup_epochs=0.0),
     attack=dict(name="pgd_prm", step_size=2 / 255, num_steps=10, loss="ce",
                 random_start="uniform", patch_size=4, prm_mode="faithful"),
     build=_build,

@@ -11,7 +11,8 @@ from jaxrobust.errors import ConfigError
 from jaxrobust.methods import ModelFns, method_config, method_from_config
 from jaxrobust.methods.adversarial import AdversarialTraining
 from jaxrobust.methods.vit_recipe import (ViTAdversarialTraining,
-                                          attention_random_drop_logits_fn, mo_keep_prob)
+                                          attention_random_drop_logits_fn, eps_warmup,
+                                          mo_keep_prob)
 from jaxrobust.models import create_model
 from jaxrobust.train import create_train_state, default_config, make_optimizer, make_train_step
 from jaxrobust.train.state import split_model
@@ -131,3 +132,45 @@ def test_train_step_of_vit_cifar_tiny_runs_under_jit():
   assert np.isfinite(float(metrics["loss"]))
   assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(p0),
                                                    jax.tree.leaves(state.params)))
+
+
+def test_eps_warmup_is_the_hand_schedule():
+  # Debenedetti et al.'s linear schedule: eps * e / n in 0-based epoch e < n, then eps.
+  spe, n = 10, 4
+  hand = {0: 0.0, 9: 0.0, 10: 0.25, 19: 0.25, 20: 0.5, 35: 0.75, 39: 0.75, 40: 1.0, 400: 1.0}
+  for step, frac in hand.items():
+    np.testing.assert_allclose(float(eps_warmup(step, spe, EPS, n)), frac * EPS, rtol=1e-6)
+  traced = jax.jit(lambda s: eps_warmup(s, spe, EPS, n))(jnp.int32(25))
+  np.testing.assert_allclose(float(traced), 0.5 * EPS, rtol=1e-6)
+  method = _method(eps_warmup_epochs=4.0)  # steps_per_epoch 10
+  np.testing.assert_allclose(float(method.attack_eps(jnp.int32(25))), 0.5 * EPS, rtol=1e-6)
+  assert method.attack_eps(None) == EPS  # outside the trainer: the full budget
+  assert _method().attack_eps(jnp.int32(0)) == EPS  # off (Mo et al.'s default): fixed eps
+
+
+def test_perturb_runs_at_the_warmed_up_eps_under_jit():
+  fns, params, bs = _setup()
+  x, y = _batch()
+  rng = jax.random.PRNGKey(4)
+  with_prm = _method(attention_random_drop=False, warmup_epochs=0.0, eps_warmup_epochs=4.0)
+  plain = _method(attention_random_drop=False, eps_warmup_epochs=4.0,
+                  attack=dict(name="pgd", step_size=ALPHA, num_steps=2))
+  f, key = fns.logits_fn(params, bs), jax.random.fold_in(rng, 0)
+
+  @jax.jit
+  def run(step):  # one compile: both methods and the direct calls at eps / 2.
+    half = jnp.float32(0.5 * EPS)
+    return (with_prm.perturb(fns, params, bs, x, y, rng, step=step),
+            plain.perturb(fns, params, bs, x, y, rng, step=step),
+            pgd_prm(f, key, x, y, eps=half, step_size=ALPHA, num_steps=2, patch_size=4),
+            pgd(f, key, x, y, eps=half, step_size=ALPHA, num_steps=2))
+
+  # Epoch 0: eps 0, the attack cannot move (clean training), with or without PRM.
+  for got in run(jnp.int32(3))[:2]:
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(x))
+  # Epoch 2 (step 25): eps / 2, as direct calls of the attacks at that eps.
+  got_prm, got_plain, want_prm, want_plain = run(jnp.int32(25))
+  np.testing.assert_allclose(np.asarray(got_prm), np.asarray(want_prm), rtol=0, atol=1e-7)
+  np.testing.assert_allclose(np.asarray(got_plain), np.asarray(want_plain), rtol=0, atol=1e-7)
+  dist = float(jnp.max(jnp.abs(got_prm - x)))
+  assert 0.5 * EPS - 1e-3 < dist <= 0.5 * EPS + 1e-6
