@@ -30,6 +30,7 @@ Arguments (``:arg,arg=value``):
 * ``ard=false`` / ``prm=false``: switch attention random dropping / perturbation
   random masking off (``prm=false`` runs plain PGD); ``ard=false,prm=false``
   is the official "vanilla" AT run.
+* ``mixup=false``: no Mixup/CutMix (hard-label CE; ``mixup_prob=0``).
 * ``eps_warmup=E``: eps grows linearly over the first E epochs, constant
   within an epoch and 0 in the first (Debenedetti et al.'s light recipe; NOT
   Mo et al.'s, whose code keeps eps fixed).
@@ -51,8 +52,8 @@ PATCH = 4  # the ViT's patch size; PRM masks the same grid.
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, local=False, smoke=False, ard=True, prm=True, eps_warmup=0.0,
-                  epochs=0, model="deit_ti")
+  arg = parse_arg(arg, local=False, smoke=False, ard=True, prm=True, mixup=True,
+                  eps_warmup=0.0, epochs=0, model="deit_ti")
   c = default_config()
   c.model.name = arg.model
   c.model.normalize = "cifar10"
@@ -64,7 +65,9 @@ def get_config(arg=None):
                   random_start="uniform")
   c.method = method_config("vit_pgd_at", attack=attack, attention_random_drop=arg.ard,
                            warmup_epochs=10.0, keep_final=1.0, attack_bn="eval",
-                           eps_warmup_epochs=arg.eps_warmup)
+                           eps_warmup_epochs=arg.eps_warmup, mixup_alpha=0.8,
+                           cutmix_alpha=1.0, mixup_prob=0.3 if arg.mixup else 0.0,
+                           mixup_switch_prob=0.5, label_smoothing=0.0)
   t = c.train
   t.batch_size = 64
   t.num_epochs = 40

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.losses import cross_entropy, kl_divergence
+from jaxrobust.losses import cross_entropy, kl_divergence, soft_target_cross_entropy
 
 _BIG = 1e4  # masks the true class out of a max (fp16/bf16-safe, unlike 1e10).
 
@@ -17,8 +17,13 @@ _BIG = 1e4  # masks the true class out of a max (fp16/bf16-safe, unlike 1e10).
 def ce_loss(logits, labels):
   """Cross-entropy ``-log softmax(z)_y``: float32 ``[B]``.
 
-  :func:`jaxrobust.losses.cross_entropy` with ``reduction='none'``.
+  :func:`jaxrobust.losses.cross_entropy` with ``reduction='none'``; float
+  ``[B, K]`` soft targets (Mixup/CutMix) give the soft-target CE
+  ``-sum_k t_k log softmax(z)_k``
+  (:func:`jaxrobust.losses.soft_target_cross_entropy`).
   """
+  if labels.ndim == 2:
+    return soft_target_cross_entropy(logits, labels, reduction="none")
   return cross_entropy(logits, labels, reduction="none")
 
 

@@ -33,6 +33,19 @@ The loss is the mean CE of the adversarial batch in train mode (PGD-AT, as
 :class:`jaxrobust.methods.adversarial.AdversarialTraining`); the attack runs
 in the eval view (``attack_bn='eval'``, the official ``model.eval()``).
 
+**Mixup / CutMix** (``mixup_*``, ``cutmix_alpha``; the official defaults:
+alpha 0.8 / 1.0, probability 0.3, switch probability 0.5, timm's batch mode,
+:func:`jaxrobust.data.mixup.mixup_cutmix`): applied to the clean batch BEFORE
+the attack, in the AT objective only (the official TRADES / MART branches use
+the plain labels). The labels become soft targets ``lam onehot(y) + (1 -
+lam) onehot(y_rev)``; as ``train_cifar.py`` (``criterion =
+SoftTargetCrossEntropy()`` whenever Mixup is configured) the attack ascends
+the soft-target CE of the mixed batch and the loss is the soft-target CE of
+the train-mode logits of its adversarial version; the logged
+``adv_accuracy`` compares with the soft targets' argmax (the official
+``y.max(1)[1]``). ``perturb`` then returns ``{'x_adv', 'targets'}``.
+``mixup_prob=0`` is plain AT (hard labels). The batch size must be even.
+
 **Eps warm-up** (``eps_warmup_epochs``, :func:`eps_warmup`; off by default):
 NOT part of Mo et al.'s recipe (their code keeps eps fixed from the first
 step) but of Debenedetti et al.'s "light recipe" for ViTs
@@ -52,9 +65,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxrobust.attacks import get_attack, stochastic
+from jaxrobust.data.mixup import MixupSettings, mixup_cutmix
 from jaxrobust.errors import ConfigError
+from jaxrobust.losses import soft_target_cross_entropy
 from jaxrobust.methods.adversarial import AdversarialTraining
-from jaxrobust.methods.base import ModelFns
+from jaxrobust.methods.base import ModelFns, accuracy_sum
 from jaxrobust.methods.registry import BN_VIEWS, choice, positive, register_method, unit_interval
 
 
@@ -167,6 +182,8 @@ class ViTAdversarialTraining:
     attack_bn: the attack's view (``'eval'``, official).
     eps_warmup_epochs: > 0: eps grows over that many epochs
       (:func:`eps_warmup`; not Mo et al.'s recipe); 0: off (official).
+    mixup: :class:`jaxrobust.data.mixup.MixupSettings` of the batch before the
+      attack, or None (hard labels).
   """
   attack: Callable
   prm: bool
@@ -177,6 +194,7 @@ class ViTAdversarialTraining:
   keep_final: float = 1.0
   attack_bn: str = "eval"
   eps_warmup_epochs: float = 0.0
+  mixup: MixupSettings | None = None
   name: str = "vit_pgd_at"
 
   def keep_prob(self, step):
@@ -193,7 +211,13 @@ class ViTAdversarialTraining:
     return eps_warmup(step, self.steps_per_epoch, self.eps, self.eps_warmup_epochs)
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
-    """float32 ``x_adv`` ``[B, H, W, C]`` crafted with ARD / PRM at r(step), eps(step)."""
+    """The perturbation crafted with ARD / PRM at r(step), eps(step).
+
+    Returns:
+      float32 ``x_adv`` ``[B, H, W, C]``; with Mixup/CutMix ``{'x_adv':
+      [B, H, W, C], 'targets': float32 [B, K]}`` (the adversarial version of
+      the mixed batch and its soft targets; mixing key ``fold_in(rng, 2)``).
+    """
     del frozen
     r = self.keep_prob(step)
     if self.attention_random_drop:
@@ -202,11 +226,32 @@ class ViTAdversarialTraining:
     else:
       logits_fn = model.logits_fn(params, batch_stats, bn=self.attack_bn)
     extra = {"keep_prob": r} if self.prm else {}
-    return self.attack(logits_fn, jax.random.fold_in(rng, 0), x, y, eps=self.attack_eps(step),
-                       **extra)
+    targets = None
+    if self.mixup is not None:
+      num_classes = jax.eval_shape(model.logits_fn(params, batch_stats, bn="eval"),
+                                   x).shape[-1]
+      x, targets, _ = mixup_cutmix(jax.random.fold_in(rng, 2), x, y, num_classes,
+                                   self.mixup)
+    x_adv = self.attack(logits_fn, jax.random.fold_in(rng, 0), x,
+                        y if targets is None else targets, eps=self.attack_eps(step), **extra)
+    return x_adv if targets is None else {"x_adv": x_adv, "targets": targets}
 
-  # The outer loss is PGD-AT's: mean CE of the train-mode logits of x_adv.
-  loss = AdversarialTraining.loss
+  def loss(self, params, batch_stats, model, x, y, aux, rng, frozen=None, step=None):
+    """PGD-AT's loss: mean (soft-target) CE of the train-mode logits of ``x_adv``.
+
+    ``aux`` is ``x_adv`` (hard labels ``y``: :meth:`AdversarialTraining.loss`)
+    or ``perturb``'s Mixup dict (soft targets: timm's
+    ``SoftTargetCrossEntropy``). Returns ``(loss, (batch_stats, sums))``.
+    """
+    if not isinstance(aux, dict):
+      return AdversarialTraining.loss(self, params, batch_stats, model, x, y, aux, rng,
+                                      frozen=frozen, step=step)
+    targets = aux["targets"]
+    logits, new_bs = model.apply(params, batch_stats, aux["x_adv"], train=True,
+                                 key=jax.random.fold_in(rng, 1))
+    loss = soft_target_cross_entropy(logits, targets)
+    return loss, (new_bs, {"loss": loss * targets.shape[0],
+                           "adv_accuracy": accuracy_sum(logits, jnp.argmax(targets, -1))})
 
 
 def scheduled_attack(settings, ctx, **kw) -> tuple[Callable, float]:
@@ -241,18 +286,37 @@ def _schedule_settings(s, ctx, method: str) -> dict:
               eps_warmup_epochs=positive(s, "eps_warmup_epochs", allow_zero=True))
 
 
+def mixup_settings(s) -> MixupSettings | None:
+  """:class:`MixupSettings` from ``mixup_alpha``, ``cutmix_alpha``, ``mixup_prob``,
+  ``mixup_switch_prob``, ``label_smoothing``; None when no batch would be mixed.
+
+  Raises:
+    ConfigError: a value out of range (the message names the key).
+  """
+  for key in ("mixup_alpha", "cutmix_alpha"):
+    positive(s, key, allow_zero=True)
+  for key in ("mixup_prob", "mixup_switch_prob", "label_smoothing"):
+    unit_interval(s, key, "Mixup/CutMix")
+  mix = MixupSettings(float(s["mixup_alpha"]), float(s["cutmix_alpha"]), float(s["mixup_prob"]),
+                      float(s["mixup_switch_prob"]), float(s["label_smoothing"]))
+  return mix if mix.active else None
+
+
 def _build(s, ctx):
   attack, eps = scheduled_attack(s, ctx)
   return ViTAdversarialTraining(attack, prm=s["attack"]["name"] == "pgd_prm", eps=eps,
+                                mixup=mixup_settings(s),
                                 **_schedule_settings(s, ctx, "vit_pgd_at"))
 
 
 # Official CIFAR-10 settings (train_cifar.py / parser_cifar.py): PGD-10, step 2/255, uniform
-# start, eval-mode attack, ARD + PRM with n_w = 10 and final keep probability 1.0, patch 4.
+# start, eval-mode attack, ARD + PRM with n_w = 10 and final keep probability 1.0, patch 4;
+# Mixup 0.8 / CutMix 1.0, probability 0.3, switch 0.5, no label smoothing; no eps warm-up.
 register_method(
     "vit_pgd_at",
     settings=dict(attack_bn="eval", attention_random_drop=True, warmup_epochs=10.0,
-                  keep_final=1.0, eps_warmup_epochs=0.0),
+                  keep_final=1.0, eps_warmup_epochs=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
+                  mixup_prob=0.3, mixup_switch_prob=0.5, label_smoothing=0.0),
     attack=dict(name="pgd_prm", step_size=2 / 255, num_steps=10, loss="ce",
                 random_start="uniform", patch_size=4, prm_mode="faithful"),
     build=_build,

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from jaxrobust.attacks import is_stochastic, pgd, pgd_prm
+from jaxrobust.data.mixup import MixupSettings, mixup_cutmix
 from jaxrobust.errors import ConfigError
 from jaxrobust.methods import ModelFns, method_config, method_from_config
 from jaxrobust.methods.adversarial import AdversarialTraining
@@ -100,7 +101,8 @@ def test_perturb_uses_the_schedule_for_prm_and_ard():
   fns, params, bs = _setup()
   x, y = _batch()
   rng = jax.random.PRNGKey(2)
-  method = _method(attention_random_drop=False, warmup_epochs=1.0)  # spe 10: r = (s+1)/10
+  method = _method(attention_random_drop=False, warmup_epochs=1.0,  # spe 10: r = (s+1)/10
+                   mixup_prob=0.0)
   step = jnp.int32(4)  # r = 0.5
   got = method.perturb(fns, params, bs, x, y, rng, step=step)
   want = pgd_prm(fns.logits_fn(params, bs), jax.random.fold_in(rng, 0), x, y, eps=EPS,
@@ -152,8 +154,9 @@ def test_perturb_runs_at_the_warmed_up_eps_under_jit():
   fns, params, bs = _setup()
   x, y = _batch()
   rng = jax.random.PRNGKey(4)
-  with_prm = _method(attention_random_drop=False, warmup_epochs=0.0, eps_warmup_epochs=4.0)
-  plain = _method(attention_random_drop=False, eps_warmup_epochs=4.0,
+  with_prm = _method(attention_random_drop=False, warmup_epochs=0.0, eps_warmup_epochs=4.0,
+                     mixup_prob=0.0)
+  plain = _method(attention_random_drop=False, eps_warmup_epochs=4.0, mixup_prob=0.0,
                   attack=dict(name="pgd", step_size=ALPHA, num_steps=2))
   f, key = fns.logits_fn(params, bs), jax.random.fold_in(rng, 0)
 
@@ -174,3 +177,36 @@ def test_perturb_runs_at_the_warmed_up_eps_under_jit():
   np.testing.assert_allclose(np.asarray(got_plain), np.asarray(want_plain), rtol=0, atol=1e-7)
   dist = float(jnp.max(jnp.abs(got_prm - x)))
   assert 0.5 * EPS - 1e-3 < dist <= 0.5 * EPS + 1e-6
+
+
+def test_mixup_before_the_attack_and_soft_target_ce():
+  # Official AT branch: mix the clean batch, attack the soft-target CE, train on it.
+  fns, params, bs = _setup()
+  x, y = _batch()
+  rng = jax.random.PRNGKey(7)
+  always = dict(attention_random_drop=False, warmup_epochs=0.0, mixup_prob=1.0)
+  method = _method(**always)
+  assert method.mixup == MixupSettings(0.8, 1.0, 1.0, 0.5, 0.0)
+  assert _method(mixup_prob=0.0).mixup is None and _method().mixup.prob == 0.3
+  f = fns.logits_fn(params, bs)
+
+  @jax.jit
+  def run():
+    out = method.perturb(fns, params, bs, x, y, rng, step=jnp.int32(5))
+    x_mix, targets, lam = mixup_cutmix(jax.random.fold_in(rng, 2), x, y, 10, method.mixup)
+    want = pgd_prm(f, jax.random.fold_in(rng, 0), x_mix, targets, eps=EPS, step_size=ALPHA,
+                   num_steps=2, patch_size=4)
+    loss, (_, sums) = method.loss(params, bs, fns, x, y, out, rng)
+    return out, want, targets, lam, loss, sums, f(out["x_adv"])
+
+  out, want, targets, lam, loss, sums, logits = run()
+  assert float(lam) < 1.0
+  np.testing.assert_array_equal(np.asarray(out["targets"]), np.asarray(targets))
+  np.testing.assert_allclose(np.asarray(out["x_adv"]), np.asarray(want), rtol=0, atol=1e-7)
+  logp = np.asarray(jax.nn.log_softmax(logits))  # the ViT has one view: eval = train logits
+  hand = -np.mean(np.sum(np.asarray(targets) * logp, axis=1))
+  np.testing.assert_allclose(float(loss), hand, rtol=1e-5)
+  assert float(sums["adv_accuracy"]) == float(np.sum(logp.argmax(1) == np.asarray(
+      targets).argmax(1)))
+  with pytest.raises(ConfigError, match="mixup_prob must be in"):
+    _method(mixup_prob=1.5)
