@@ -60,7 +60,8 @@ VARIANTS = {
     "cifar10_vit_pgd_at": ["", "local", "smoke", "ard=false,prm=false", "local,ard=false",
                            "local,prm=false", "local,ard=false,prm=false",
                            "model=vit_small_patch16_224", "local,eps_warmup=2",
-                           "local,mixup=false"],
+                           "local,mixup=false", "objective=trades", "objective=mart",
+                           "local,objective=trades", "smoke,objective=mart"],
 }
 STEPS_PER_EPOCH = 100  # resolves epoch settings (AWP warm-up, IAD begin) to steps.
 _SKIP_FIELDS = ("attack", "teacher", "natural_teacher")

@@ -30,6 +30,10 @@ Arguments (``:arg,arg=value``):
 * ``ard=false`` / ``prm=false``: switch attention random dropping / perturbation
   random masking off (``prm=false`` runs plain PGD); ``ard=false,prm=false``
   is the official "vanilla" AT run.
+* ``objective=trades`` / ``objective=mart``: the official TRADES / MART
+  branches (methods ``vit_trades`` / ``vit_mart``): the same ARD / PRM inner
+  max of TRADES's KL / MART's CE from ``x + 0.001 N(0, 1)``, beta 6, plain
+  labels (no Mixup).
 * ``mixup=false``: no Mixup/CutMix (hard-label CE; ``mixup_prob=0``).
 * ``eps_warmup=E``: eps grows linearly over the first E epochs, constant
   within an epoch and 0 in the first (Debenedetti et al.'s light recipe; NOT
@@ -45,29 +49,37 @@ n_w and the LR decays scaled with the epochs (n_w = E/4, decays at 35/40 and
 ``:smoke`` — 4 steps of ``vit_cifar_tiny`` on a slice of the data (tests).
 """
 from jaxrobust.attacks.threat import attack_config
+from jaxrobust.errors import ConfigError
 from jaxrobust.methods import method_config
 from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, parse_arg
 
 PATCH = 4  # the ViT's patch size; PRM masks the same grid.
+OBJECTIVES = ("at", "trades", "mart")
 
 
 def get_config(arg=None):
   arg = parse_arg(arg, local=False, smoke=False, ard=True, prm=True, mixup=True,
-                  eps_warmup=0.0, epochs=0, model="deit_ti")
+                  eps_warmup=0.0, epochs=0, model="deit_ti", objective="at")
   c = default_config()
   c.model.name = arg.model
   c.model.normalize = "cifar10"
   c.model.kwargs = dict(patch_size=PATCH)
-  attack = dict(name="pgd_prm", step_size=2 / 255, num_steps=10, loss="ce",
-                random_start="uniform", patch_size=PATCH, prm_mode="faithful")
-  if not arg.prm:
-    attack = dict(name="pgd", step_size=2 / 255, num_steps=10, loss="ce",
-                  random_start="uniform")
-  c.method = method_config("vit_pgd_at", attack=attack, attention_random_drop=arg.ard,
-                           warmup_epochs=10.0, keep_final=1.0, attack_bn="eval",
-                           eps_warmup_epochs=arg.eps_warmup, mixup_alpha=0.8,
-                           cutmix_alpha=1.0, mixup_prob=0.3 if arg.mixup else 0.0,
-                           mixup_switch_prob=0.5, label_smoothing=0.0)
+  if arg.objective not in OBJECTIVES:
+    raise ConfigError(f"unknown objective {arg.objective!r}; choose one of {OBJECTIVES}")
+  # AT: uniform start, CE; TRADES: KL to the clean output, MART: CE, both from x + 0.001 N(0,1).
+  attack = dict(name="pgd", step_size=2 / 255, num_steps=10,
+                loss="kl" if arg.objective == "trades" else "ce",
+                random_start="uniform" if arg.objective == "at" else "normal")
+  if arg.prm:
+    attack.update(name="pgd_prm", patch_size=PATCH, prm_mode="faithful")
+  schedule = dict(attention_random_drop=arg.ard, warmup_epochs=10.0, keep_final=1.0,
+                  attack_bn="eval", eps_warmup_epochs=arg.eps_warmup)
+  if arg.objective == "at":
+    c.method = method_config("vit_pgd_at", attack=attack, **schedule, mixup_alpha=0.8,
+                             cutmix_alpha=1.0, mixup_prob=0.3 if arg.mixup else 0.0,
+                             mixup_switch_prob=0.5, label_smoothing=0.0)
+  else:  # the official TRADES / MART branches: plain labels, beta 6.
+    c.method = method_config(f"vit_{arg.objective}", attack=attack, **schedule, beta=6.0)
   t = c.train
   t.batch_size = 64
   t.num_epochs = 40

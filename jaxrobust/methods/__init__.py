@@ -4,8 +4,8 @@
 builds it with :func:`method_from_config`. Registered here: ``standard``
 (:mod:`.standard`), ``pgd_at`` and ``fgsm_at`` (:mod:`.adversarial`),
 ``trades`` (:mod:`.trades`), ``mart`` (:mod:`.mart`), ``awp`` (:mod:`.awp`),
-``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`), ``vit_pgd_at``
-(:mod:`.vit_recipe`, Mo et al.'s ViT recipe). A new objective is a
+``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`), ``vit_pgd_at``,
+``vit_trades`` and ``vit_mart`` (:mod:`.vit_recipe`, Mo et al.'s ViT recipe). A new objective is a
 module calling :func:`register_method`.
 """
 from __future__ import annotations

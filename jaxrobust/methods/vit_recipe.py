@@ -46,6 +46,15 @@ the train-mode logits of its adversarial version; the logged
 ``y.max(1)[1]``). ``perturb`` then returns ``{'x_adv', 'targets'}``.
 ``mixup_prob=0`` is plain AT (hard labels). The batch size must be even.
 
+**TRADES and MART with ViTs** (``vit_trades``, ``vit_mart``; the official
+``--method TRADES`` / ``--method MART`` branches of ``train_cifar.py``): the
+same inner maximisation machinery (ARD hooks, PRM masks, r(t), eval mode)
+around TRADES's KL inner max / MART's CE attack, both from ``x + 0.001
+N(0, 1)`` with 10 steps of 2/255; the outer losses are
+:class:`jaxrobust.methods.trades.TRADES`'s (CE + 6 batchmean KL, clean branch
+not detached) and :class:`jaxrobust.methods.mart.MART`'s (beta 6), on plain
+labels (no Mixup, as the official code).
+
 **Eps warm-up** (``eps_warmup_epochs``, :func:`eps_warmup`; off by default):
 NOT part of Mo et al.'s recipe (their code keeps eps fixed from the first
 step) but of Debenedetti et al.'s "light recipe" for ViTs
@@ -58,7 +67,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -67,10 +76,13 @@ from flax import nnx
 from jaxrobust.attacks import get_attack, stochastic
 from jaxrobust.data.mixup import MixupSettings, mixup_cutmix
 from jaxrobust.errors import ConfigError
-from jaxrobust.losses import soft_target_cross_entropy
+from jaxrobust.losses import REDUCTIONS, soft_target_cross_entropy
 from jaxrobust.methods.adversarial import AdversarialTraining
 from jaxrobust.methods.base import ModelFns, accuracy_sum
-from jaxrobust.methods.registry import BN_VIEWS, choice, positive, register_method, unit_interval
+from jaxrobust.methods.mart import MART
+from jaxrobust.methods.registry import (BN_UPDATES, BN_VIEWS, choice, positive, register_method,
+                                        unit_interval)
+from jaxrobust.methods.trades import TRADES
 
 
 def mo_keep_prob(step, steps_per_epoch: int, warmup_epochs: float = 10.0,
@@ -183,7 +195,11 @@ class ViTAdversarialTraining:
     eps_warmup_epochs: > 0: eps grows over that many epochs
       (:func:`eps_warmup`; not Mo et al.'s recipe); 0: off (official).
     mixup: :class:`jaxrobust.data.mixup.MixupSettings` of the batch before the
-      attack, or None (hard labels).
+      attack, or None (hard labels). PGD-AT only.
+    objective: None (PGD-AT's loss) or a method whose ``loss`` is the outer
+      objective (:class:`jaxrobust.methods.trades.TRADES` for ``vit_trades``,
+      :class:`jaxrobust.methods.mart.MART` for ``vit_mart``; their own
+      ``attack`` is not used).
   """
   attack: Callable
   prm: bool
@@ -195,7 +211,13 @@ class ViTAdversarialTraining:
   attack_bn: str = "eval"
   eps_warmup_epochs: float = 0.0
   mixup: MixupSettings | None = None
+  objective: Any = None
   name: str = "vit_pgd_at"
+
+  def __post_init__(self):
+    if self.mixup is not None and self.objective is not None:
+      raise ConfigError(f"{self.name}: Mixup/CutMix is part of the AT objective only (the "
+                        f"official TRADES / MART branches use plain labels)")
 
   def keep_prob(self, step):
     """r at optimiser ``step`` (:func:`mo_keep_prob`); ``keep_final`` when unresolved."""
@@ -237,12 +259,17 @@ class ViTAdversarialTraining:
     return x_adv if targets is None else {"x_adv": x_adv, "targets": targets}
 
   def loss(self, params, batch_stats, model, x, y, aux, rng, frozen=None, step=None):
-    """PGD-AT's loss: mean (soft-target) CE of the train-mode logits of ``x_adv``.
+    """The outer loss; ``(loss, (batch_stats, sums))``.
 
-    ``aux`` is ``x_adv`` (hard labels ``y``: :meth:`AdversarialTraining.loss`)
-    or ``perturb``'s Mixup dict (soft targets: timm's
-    ``SoftTargetCrossEntropy``). Returns ``(loss, (batch_stats, sums))``.
+    ``objective`` set (TRADES / MART): its loss of ``x`` and ``x_adv = aux``.
+    Else PGD-AT's, the mean (soft-target) CE of the train-mode logits of
+    ``x_adv``: ``aux`` is ``x_adv`` (hard labels ``y``:
+    :meth:`AdversarialTraining.loss`) or ``perturb``'s Mixup dict (soft
+    targets: timm's ``SoftTargetCrossEntropy``).
     """
+    if self.objective is not None:
+      return self.objective.loss(params, batch_stats, model, x, y, aux, rng, frozen=frozen,
+                                 step=step)
     if not isinstance(aux, dict):
       return AdversarialTraining.loss(self, params, batch_stats, model, x, y, aux, rng,
                                       frozen=frozen, step=step)
@@ -309,16 +336,58 @@ def _build(s, ctx):
                                 **_schedule_settings(s, ctx, "vit_pgd_at"))
 
 
+def _build_trades(s, ctx):
+  attack, eps = scheduled_attack(s, ctx, kl=True)
+  objective = TRADES(None, beta=positive(s, "beta", allow_zero=True),
+                     attack_bn=choice(s, "attack_bn", BN_VIEWS),
+                     kl_reduction=choice(s, "kl_reduction", REDUCTIONS[:3]),
+                     bn_updates=choice(s, "bn_updates", BN_UPDATES))
+  return ViTAdversarialTraining(attack, prm=s["attack"]["name"] == "pgd_prm", eps=eps,
+                                objective=objective, name="vit_trades",
+                                **_schedule_settings(s, ctx, "vit_trades"))
+
+
+def _build_mart(s, ctx):
+  attack, eps = scheduled_attack(s, ctx)
+  objective = MART(None, beta=positive(s, "beta", allow_zero=True),
+                   attack_bn=choice(s, "attack_bn", BN_VIEWS))
+  return ViTAdversarialTraining(attack, prm=s["attack"]["name"] == "pgd_prm", eps=eps,
+                                objective=objective, name="vit_mart",
+                                **_schedule_settings(s, ctx, "vit_mart"))
+
+
+# The schedule settings shared by the ViT methods (official: ARD + PRM, n_w 10, keep 1.0).
+_SCHEDULE = dict(attack_bn="eval", attention_random_drop=True, warmup_epochs=10.0,
+                 keep_final=1.0, eps_warmup_epochs=0.0)
+
 # Official CIFAR-10 settings (train_cifar.py / parser_cifar.py): PGD-10, step 2/255, uniform
 # start, eval-mode attack, ARD + PRM with n_w = 10 and final keep probability 1.0, patch 4;
 # Mixup 0.8 / CutMix 1.0, probability 0.3, switch 0.5, no label smoothing; no eps warm-up.
 register_method(
     "vit_pgd_at",
-    settings=dict(attack_bn="eval", attention_random_drop=True, warmup_epochs=10.0,
-                  keep_final=1.0, eps_warmup_epochs=0.0, mixup_alpha=0.8, cutmix_alpha=1.0,
-                  mixup_prob=0.3, mixup_switch_prob=0.5, label_smoothing=0.0),
+    settings=dict(_SCHEDULE, mixup_alpha=0.8, cutmix_alpha=1.0, mixup_prob=0.3,
+                  mixup_switch_prob=0.5, label_smoothing=0.0),
     attack=dict(name="pgd_prm", step_size=2 / 255, num_steps=10, loss="ce",
                 random_start="uniform", patch_size=4, prm_mode="faithful"),
     build=_build,
     doc="PGD-AT of ViTs with attention random dropping and perturbation random masking "
+        "(Mo et al. 2022)")
+
+# --method TRADES / MART of train_cifar.py: 10 steps of 2/255 from x + 0.001 N(0, 1) (KL to the
+# clean output / CE), PRM masks, ARD hooks, eval mode; beta 6; plain labels.
+register_method(
+    "vit_trades",
+    settings=dict(_SCHEDULE, beta=6.0, kl_reduction="batchmean", bn_updates="official"),
+    attack=dict(name="pgd_prm", step_size=2 / 255, num_steps=10, loss="kl",
+                random_start="normal", patch_size=4, prm_mode="faithful"),
+    build=_build_trades,
+    doc="TRADES of ViTs with attention random dropping and perturbation random masking "
+        "(Mo et al. 2022)")
+register_method(
+    "vit_mart",
+    settings=dict(_SCHEDULE, beta=6.0),
+    attack=dict(name="pgd_prm", step_size=2 / 255, num_steps=10, loss="ce",
+                random_start="normal", patch_size=4, prm_mode="faithful"),
+    build=_build_mart,
+    doc="MART of ViTs with attention random dropping and perturbation random masking "
         "(Mo et al. 2022)")

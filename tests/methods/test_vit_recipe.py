@@ -9,6 +9,7 @@ import pytest
 from jaxrobust.attacks import is_stochastic, pgd, pgd_prm
 from jaxrobust.data.mixup import MixupSettings, mixup_cutmix
 from jaxrobust.errors import ConfigError
+from jaxrobust.losses import mart_loss, trades_loss
 from jaxrobust.methods import ModelFns, method_config, method_from_config
 from jaxrobust.methods.adversarial import AdversarialTraining
 from jaxrobust.methods.vit_recipe import (ViTAdversarialTraining,
@@ -210,3 +211,60 @@ def test_mixup_before_the_attack_and_soft_target_ce():
       targets).argmax(1)))
   with pytest.raises(ConfigError, match="mixup_prob must be in"):
     _method(mixup_prob=1.5)
+
+
+def _vit_method(name, **over):
+  cfg = method_config(name, **over).to_dict()
+  cfg["attack"].update(eps=EPS, norm="linf", num_steps=2)
+  return method_from_config(cfg, steps_per_epoch=10)
+
+
+@pytest.mark.parametrize("name", ["vit_trades", "vit_mart"])
+def test_trades_and_mart_of_a_vit_one_train_step(name):
+  # The official --method TRADES / MART branches: the ARD / PRM inner max (TRADES: KL to the
+  # clean output; MART: CE; both from x + 0.001 N(0, 1)), the method's own outer loss.
+  method = _vit_method(name)
+  assert method.prm and method.attention_random_drop and method.mixup is None
+  assert method.objective.beta == 6.0 and method.objective.attack is None
+  model = create_model("vit_cifar_tiny", depth=2, width=32, num_heads=2)
+  tx = make_optimizer(default_config().train, 10, 10)
+  graphdef, state = create_train_state(model, tx, seed=0)
+  fns = ModelFns(graphdef)
+  x, y = _batch(n=4, size=32)
+  batch = {"image": (x * 255).astype(jnp.uint8), "label": y}
+  x = batch["image"].astype(jnp.float32) / 255.0
+  rng = jax.random.PRNGKey(5)
+  plain = _vit_method(name, attention_random_drop=False, warmup_epochs=1.0)  # spe 10
+  kl = name == "vit_trades"
+
+  @jax.jit
+  def run(state):
+    p, bs = state.params, state.batch_stats
+    f = fns.logits_fn(p, bs)
+    x_adv = plain.perturb(fns, p, bs, x, y, rng, step=jnp.int32(4))  # r = 0.5
+    want = pgd_prm(f, jax.random.fold_in(rng, 0), x, y, eps=EPS, step_size=ALPHA, num_steps=2,
+                   patch_size=4, keep_prob=0.5, loss="kl" if kl else "ce",
+                   random_start="normal")
+    loss, _ = method.loss(p, bs, fns, x, y, x_adv, rng)
+    ref = (trades_loss(f(x), f(x_adv), y, beta=6.0) if kl
+           else mart_loss(f(x), f(x_adv), y, beta=6.0))
+    new_state, metrics = make_train_step(fns, method, tx)(state, batch)
+    return x_adv, want, loss, ref, new_state, metrics
+
+  p0 = jax.tree.map(jnp.copy, state.params)
+  x_adv, want, loss, ref, state, metrics = run(state)
+  np.testing.assert_allclose(np.asarray(x_adv), np.asarray(want), rtol=0, atol=1e-7)
+  assert float(jnp.max(jnp.abs(x_adv - x))) <= EPS + 1e-6
+  np.testing.assert_allclose(float(loss), float(ref), rtol=1e-5)
+  assert int(state.step) == 1 and float(metrics["nonfinite"]) == 0
+  assert np.isfinite(float(metrics["loss"])) and float(metrics["grad_norm"]) > 0
+  assert any(not np.allclose(a, b) for a, b in zip(jax.tree.leaves(p0),
+                                                   jax.tree.leaves(state.params)))
+
+
+def test_trades_needs_the_kl_inner_max_and_no_mixup():
+  with pytest.raises(ConfigError, match="loss='kl'"):
+    _vit_method("vit_trades", attack=dict(name="pgd_prm", step_size=ALPHA, num_steps=2,
+                                          loss="ce", patch_size=4))
+  with pytest.raises(ConfigError, match="not settings of method 'vit_mart'"):
+    method_config("vit_mart", mixup_prob=0.3)
