@@ -41,6 +41,18 @@ def margin_loss(logits, labels):
   return z_o - z_y
 
 
+def margin_floor_loss(logits, labels, floor: float = 10.0):
+  """The margin floored at ``-floor``: ``max(max_{j != y} z_j - z_y, -10)``.
+
+  The "CW" loss of Mo et al.'s evaluation (``mo666666/When-Adversarial-
+  Training-Meets-Vision-Transformers:pgd.py``, ``CW_loss``, threshold 10):
+  NOT the CW hinge of :func:`cw_loss` (capped above at 0, kappa 50). Its
+  gradient vanishes where the true class leads by more than 10, so a PGD
+  step does not move such a point.
+  """
+  return jnp.maximum(margin_loss(logits, labels), -floor)
+
+
 def cw_loss(logits, labels, kappa: float = 50.0):
   """Carlini-Wagner hinge ``-relu(z_y - max_{j != y} z_j + kappa)``.
 
@@ -87,4 +99,4 @@ def dlr_targeted_loss(logits, labels, targets):
 
 
 LOSSES = {"ce": ce_loss, "cw": cw_loss, "margin": margin_loss, "kl": kl_loss,
-          "dlr": dlr_loss}
+          "dlr": dlr_loss, "margin_floor": margin_floor_loss}

@@ -10,7 +10,8 @@ evaluates it on the first ``n`` test images (exact pixels only) in eval-mode
 BatchNorm, prints a table and writes a JSON report (and a robust-accuracy-vs-
 eps plot with ``--curve_eps``).
 
-Names: ``clean``, ``fgsm``, ``pgd20``, ``pgd20_trades``, ``cw30`` (see
+Names: ``clean``, ``fgsm``, ``pgd20``, ``pgd20_trades``, ``cw30`` (the
+default list), ``cw20`` and ``pgd100`` (Mo et al.'s ViT protocol; see
 :mod:`jaxrobust.evaluate.suite`), ``aa-standard``, ``aa-plus``, ``aa-rand``,
 and ``aa-custom`` (with ``--aa_attacks apgd_ce,square``); AutoAttack names
 are also accepted with underscores (``aa_standard``) and the cascade's

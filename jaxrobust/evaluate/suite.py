@@ -8,6 +8,19 @@
 * ``cw30``: CW-inf, 30 PGD steps of eps/4 on the CW hinge loss with kappa=50,
   uniform start (``ZFancy/IAD:basic_eval.py``).
 
+Also (not in the default list), the evaluation of Mo et al.'s ViT paper
+(``mo666666/When-Adversarial-Training-Meets-Vision-Transformers:pgd.py``):
+
+* ``cw20``: 20 PGD steps of eps/4 on the margin floored at -10
+  (``CW_loss``: ``max(max_{j != y} z_j - z_y, -10)``, attack loss
+  ``margin_floor``), uniform start, only still-correct points updated
+  (``early_stop``).
+* ``pgd100``: PGD-100, CE, step eps/4, uniform start, only still-correct
+  points updated (``attack_pgd``).
+
+(Mo et al.'s PGD-20 is ``pgd20`` with ``early_stop``; the trainer's test
+attack of ``configs/cifar10_vit_pgd_at.py`` runs it.)
+
 ``--eps`` rescales every budget and step proportionally (for L2, the steps are
 eps/4 and the TRADES protocol uses eps and step eps * 0.003 / 0.031). The
 evaluation CLI passes the run's own ``config.eps`` / ``config.norm`` when its
@@ -19,13 +32,16 @@ from __future__ import annotations
 from jaxrobust.errors import ConfigError
 
 DEFAULT_SUITE = ("clean", "fgsm", "pgd20", "pgd20_trades", "cw30")
+# Named evaluations outside the default list (Mo et al.'s ViT protocol).
+EXTRA_SUITE = ("cw20", "pgd100")
+SUITE_NAMES = DEFAULT_SUITE + EXTRA_SUITE
 
 
 def suite_attacks(names, eps: float | None = None, norm: str = "linf") -> dict:
   """``{name: attack config or None}`` for the requested evaluation names.
 
   Args:
-    names: iterable of names from :data:`DEFAULT_SUITE`.
+    names: iterable of names from :data:`SUITE_NAMES`.
     eps: budget in pixel units; None -> 8/255 (L-inf) or 0.5 (L2).
     norm: ``'linf'`` or ``'l2'``.
 
@@ -54,7 +70,13 @@ def suite_attacks(names, eps: float | None = None, norm: str = "linf") -> dict:
     elif name == "cw30":
       out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=30, norm=norm,
                        loss="cw", kappa=50.0, random_start="uniform")
+    elif name == "cw20":
+      out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=20, norm=norm,
+                       loss="margin_floor", random_start="uniform", early_stop=True)
+    elif name == "pgd100":
+      out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=100, norm=norm,
+                       loss="ce", random_start="uniform", early_stop=True)
     else:
-      raise ConfigError(f"unknown evaluation {name!r}; choose from {DEFAULT_SUITE} (or an "
+      raise ConfigError(f"unknown evaluation {name!r}; choose from {SUITE_NAMES} (or an "
                         f"AutoAttack version: aa-standard, aa-plus, aa-rand, aa-custom)")
   return out
