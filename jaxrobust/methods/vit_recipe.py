@@ -241,6 +241,8 @@ class ViTAdversarialTraining:
       the mixed batch and its soft targets; mixing key ``fold_in(rng, 2)``).
     """
     del frozen
+    if self.prm:
+      _check_prm_patch(model, params, batch_stats, self.attack.keywords.get("patch_size", 4))
     r = self.keep_prob(step)
     if self.attention_random_drop:
       logits_fn = attention_random_drop_logits_fn(model, params, batch_stats, r,
@@ -279,6 +281,16 @@ class ViTAdversarialTraining:
     loss = soft_target_cross_entropy(logits, targets)
     return loss, (new_bs, {"loss": loss * targets.shape[0],
                            "adv_accuracy": accuracy_sum(logits, jnp.argmax(targets, -1))})
+
+
+def _check_prm_patch(model: ModelFns, params, batch_stats, patch_size) -> None:
+  """PRM's mask grid must be the ViT's patch grid (a ConfigError at trace time otherwise)."""
+  probe = nnx.merge(model.graphdef, params, batch_stats, copy=True)
+  own = getattr(probe, "patch_size", None)
+  pair = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
+  if own is not None and tuple(own) != tuple(int(p) for p in pair):
+    raise ConfigError(f"config.method.attack.patch_size={patch_size} masks another grid than "
+                      f"the ViT's {tuple(own)} patches; set it to the model's patch size")
 
 
 def scheduled_attack(settings, ctx, **kw) -> tuple[Callable, float]:

@@ -120,6 +120,12 @@ def test_config_errors():
     _method(keep_final=1.5)
   with pytest.raises(ConfigError, match="attack.name"):
     _method(attack=dict(name="fgsm", step_size=ALPHA))
+  # PRM's mask grid must be the model's patch grid (TINY: patch 4).
+  fns, params, bs = _setup()
+  x, y = _batch()
+  method = _method(attack=dict(name="pgd_prm", step_size=ALPHA, num_steps=1, patch_size=8))
+  with pytest.raises(ConfigError, match="patch_size=8 masks another grid"):
+    method.perturb(fns, params, bs, x, y, jax.random.PRNGKey(0))
 
 
 def test_train_step_of_vit_cifar_tiny_runs_under_jit():
