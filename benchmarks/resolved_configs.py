@@ -20,6 +20,11 @@ before the method registry / one-``eps`` refactor; configs added later were
 written by the code that added them, with ``--configs NAME --merge``), so a
 refactor that changes any effective value fails.
 
+Configs added after that refactor (``cifar10_vit_pgd_at``) are pinned as
+today's code resolves them (every key, compared exactly); ``--configs NAME --merge``
+writes only that config's variants into an existing ``--out`` file, leaving
+the other entries as they are.
+
 Usage::
 
     python benchmarks/resolved_configs.py > resolved.json
@@ -53,6 +58,11 @@ VARIANTS = {
     "cifar10_rslad": ["", "local", "smoke", "mobilenet", "mobilenet,local"],
     "mnist_pgd_at": ["", "local", "smoke"],
     "cifar10_rift": ["", "local", "smoke"],
+    "cifar10_vit_pgd_at": ["", "local", "smoke", "ard=false,prm=false", "local,ard=false",
+                           "local,prm=false", "local,ard=false,prm=false",
+                           "model=vit_small_patch16_224", "local,eps_warmup=2",
+                           "local,mixup=false", "objective=trades", "objective=mart",
+                           "local,objective=trades", "smoke,objective=mart"],
 }
 STEPS_PER_EPOCH = 100  # resolves epoch settings (AWP warm-up, IAD begin) to steps.
 _SKIP_FIELDS = ("attack", "teacher", "natural_teacher")

@@ -25,7 +25,7 @@ from jaxrobust.attacks._apgd import (apgd, apgd_pass, apgd_single_run, apgd_targ
 from jaxrobust.attacks._fab import fab, fab_targeted
 from jaxrobust.attacks._fab_projections import FAB_NORMS, fab_projection
 from jaxrobust.attacks._losses import (LOSSES, ce_loss, cw_loss, dlr_loss, dlr_targeted_loss,
-                                       kl_loss, margin_loss)
+                                       kl_loss, margin_floor_loss, margin_loss)
 from jaxrobust.attacks._model import (StochasticLogitsFn, bind_key, call_logits,
                                       is_stochastic, model_key, stochastic)
 from jaxrobust.attacks._norms import l2_norm
@@ -47,7 +47,8 @@ __all__ = ["ATTACKS", "AttackSpec", "AutoAttackHook", "CPU_UNROLL", "FAB_NORMS",
            "attack_from_config", "attack_names", "bind_key", "call_logits", "ce_loss",
            "checkpoint_schedule", "cw_loss", "default_unroll", "dlr_loss", "dlr_targeted_loss",
            "fab", "fab_projection", "fab_targeted", "fgsm", "get_attack", "is_stochastic",
-           "kl_loss", "l2_norm", "l2_project", "linf_project", "margin_loss", "model_key",
+           "kl_loss", "l2_norm", "l2_project", "linf_project", "margin_floor_loss", "margin_loss",
+           "model_key",
            "num_masked_patches", "oscillation_flags", "patch_keep_mask", "pgd", "pgd_prm",
            "project", "random_init", "register_attack", "resolve_attack_name", "square",
            "step_size_flags", "stochastic", "top_k_target", "trades_l2_inner_max",

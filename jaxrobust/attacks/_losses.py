@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxrobust.losses import cross_entropy, kl_divergence
+from jaxrobust.losses import cross_entropy, kl_divergence, soft_target_cross_entropy
 
 _BIG = 1e4  # masks the true class out of a max (fp16/bf16-safe, unlike 1e10).
 
@@ -17,8 +17,13 @@ _BIG = 1e4  # masks the true class out of a max (fp16/bf16-safe, unlike 1e10).
 def ce_loss(logits, labels):
   """Cross-entropy ``-log softmax(z)_y``: float32 ``[B]``.
 
-  :func:`jaxrobust.losses.cross_entropy` with ``reduction='none'``.
+  :func:`jaxrobust.losses.cross_entropy` with ``reduction='none'``; float
+  ``[B, K]`` soft targets (Mixup/CutMix) give the soft-target CE
+  ``-sum_k t_k log softmax(z)_k``
+  (:func:`jaxrobust.losses.soft_target_cross_entropy`).
   """
+  if labels.ndim == 2:
+    return soft_target_cross_entropy(logits, labels, reduction="none")
   return cross_entropy(logits, labels, reduction="none")
 
 
@@ -34,6 +39,18 @@ def margin_loss(logits, labels):
   """Margin ``max_{j != y} z_j - z_y`` (DeepMind ``untargeted_margin``)."""
   z_y, z_o = _true_and_best_other(logits, labels)
   return z_o - z_y
+
+
+def margin_floor_loss(logits, labels, floor: float = 10.0):
+  """The margin floored at ``-floor``: ``max(max_{j != y} z_j - z_y, -10)``.
+
+  The "CW" loss of Mo et al.'s evaluation (``mo666666/When-Adversarial-
+  Training-Meets-Vision-Transformers:pgd.py``, ``CW_loss``, threshold 10):
+  NOT the CW hinge of :func:`cw_loss` (capped above at 0, kappa 50). Its
+  gradient vanishes where the true class leads by more than 10, so a PGD
+  step does not move such a point.
+  """
+  return jnp.maximum(margin_loss(logits, labels), -floor)
 
 
 def cw_loss(logits, labels, kappa: float = 50.0):
@@ -82,4 +99,4 @@ def dlr_targeted_loss(logits, labels, targets):
 
 
 LOSSES = {"ce": ce_loss, "cw": cw_loss, "margin": margin_loss, "kl": kl_loss,
-          "dlr": dlr_loss}
+          "dlr": dlr_loss, "margin_floor": margin_floor_loss}

@@ -80,8 +80,12 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     rng: PRNG key for the random start(s) (and a stochastic model's keys).
     x: float32 ``[B, H, W, C]`` in [0, 1].
     y: int32 ``[B]``: true labels (untargeted) or target labels (targeted).
-      Ignored by ``loss='kl'``.
-    eps: budget in pixel units (e.g. 8/255 for L-inf, 0.5 for L2); > 0.
+      Ignored by ``loss='kl'``. ``loss='ce'`` also takes float32 ``[B, K]``
+      soft targets (Mixup/CutMix; soft-target CE) when neither
+      ``early_stop`` nor restarts need a label.
+    eps: budget in pixel units (e.g. 8/255 for L-inf, 0.5 for L2); > 0. A
+      jax array (e.g. a traced eps warm-up schedule) is not checked and may
+      be 0 (then ``x_adv = x``).
     step_size: step length in pixel units; > 0.
     num_steps: number of gradient steps; >= 1.
     norm: ``'linf'`` or ``'l2'``.
@@ -118,7 +122,7 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
   if random_start not in RANDOM_STARTS:
     raise ValueError(f"unknown random_start {random_start!r}; use one of {RANDOM_STARTS}")
-  if not eps > 0 or not step_size > 0:
+  if not _is_array(eps) and not eps > 0 or not step_size > 0:
     raise ValueError(f"eps ({eps}) and step_size ({step_size}) must be > 0")
   if num_steps < 1 or num_restarts < 1:
     raise ValueError(f"num_steps ({num_steps}) and num_restarts ({num_restarts}) must be >= 1")
@@ -185,6 +189,11 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   init = (x, jnp.full(x.shape[:1], -jnp.inf, jnp.float32), jnp.zeros(x.shape[:1], bool))
   best_x, _, _ = jax.lax.fori_loop(0, num_restarts, restart, init)
   return jax.lax.stop_gradient(best_x)
+
+
+def _is_array(v) -> bool:
+  """A jax array (traced or not): a scheduled value whose range the caller guarantees."""
+  return isinstance(v, jax.Array)
 
 
 def _sum_aux(value_and_logits):

@@ -24,7 +24,13 @@ Two update orders (``prm_mode``), with ``delta = x_adv - x``:
 the same ``rng`` (same random start, same model keys, same loop structure).
 ``keep_prob`` may be a traced scalar (the method's schedule r(t), see
 :func:`jaxrobust.methods.vit_recipe.mo_keep_prob`); the masked count is
-computed in float32 (``floor(N * (1 - r))``).
+computed in float32 (``floor(N * (1 - r))``). ``eps`` may be a traced scalar
+too (an eps warm-up schedule; 0 gives ``x``).
+
+``loss='kl'`` is TRADES's inner max with PRM (the official ``--method TRADES
+--PRM`` branch of ``train_cifar.py``): the summed ``KL(p(x) || p(x + delta
+* M))`` to the clean logits ``ref_logits`` (default: one pass on ``x``, a
+constant), as :func:`jaxrobust.attacks.pgd`.
 
 Masking is done with ``where(M, x_adv, x)`` rather than ``x + (x_adv - x) * M``
 so that kept pixels are bit-identical to the unmasked iterate.
@@ -35,8 +41,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks._builtins import _validator
-from jaxrobust.attacks._model import model_key
-from jaxrobust.attacks._pgd import _objective_fn, _sum_aux, default_unroll
+from jaxrobust.attacks._model import call_logits, model_key
+from jaxrobust.attacks._pgd import _is_array, _objective_fn, _sum_aux, default_unroll
 from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction, project,
                                             random_init)
 from jaxrobust.attacks.registry import AttackSpec, register_attack
@@ -93,7 +99,7 @@ def pgd_prm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, 
             eps: float, step_size: float, num_steps: int, patch_size=4, keep_prob=1.0,
             prm_mode: str = "faithful", norm: str = "linf", loss: str = "ce",
             random_start: str = "uniform", kappa: float = 50.0,
-            unroll: int | None = None) -> jax.Array:
+            ref_logits: jax.Array | None = None, unroll: int | None = None) -> jax.Array:
   """PGD whose perturbation is randomly masked patch by patch at every step (PRM).
 
   Args:
@@ -103,14 +109,17 @@ def pgd_prm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, 
     rng: PRNG key: random start, patch masks, model keys (the same streams as
       :func:`jaxrobust.attacks.pgd` for the start and the model keys).
     x: float32 ``[B, H, W, C]`` in [0, 1]; ``H``, ``W`` multiples of the patch.
-    y: int32 ``[B]`` labels (untargeted).
-    eps, step_size: pixel units, > 0.
+    y: int32 ``[B]`` labels (untargeted), or float32 ``[B, K]`` soft targets
+      with ``loss='ce'`` (Mixup/CutMix); ignored by ``loss='kl'``.
+    eps, step_size: pixel units, > 0 (``eps`` may be a jax array, e.g. a
+      traced warm-up schedule; it is then not checked and may be 0).
     num_steps: >= 1.
     patch_size: the ViT's patch size (int or ``(ph, pw)``).
     keep_prob: r in [0, 1]: ``int(N (1 - r))`` patches are masked per step;
       1 = plain PGD.
     prm_mode: ``'faithful'`` (official update order) or ``'strict'``.
-    norm, loss, random_start, kappa, unroll: as :func:`jaxrobust.attacks.pgd`.
+    norm, loss, random_start, kappa, ref_logits, unroll: as
+      :func:`jaxrobust.attacks.pgd`.
 
   Returns:
     float32 ``x_adv`` like ``x`` within ``eps`` and [0, 1]; no gradient.
@@ -124,15 +133,17 @@ def pgd_prm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, 
     raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
   if random_start not in RANDOM_STARTS:
     raise ValueError(f"unknown random_start {random_start!r}; use one of {RANDOM_STARTS}")
-  if not eps > 0 or not step_size > 0 or num_steps < 1:
+  if (not _is_array(eps) and not eps > 0) or not step_size > 0 or num_steps < 1:
     raise ValueError(f"eps ({eps}), step_size ({step_size}) must be > 0 and num_steps "
                      f"({num_steps}) >= 1")
-  if loss == "kl":
-    raise ValueError("pgd_prm does not take loss='kl' (TRADES's PRM variant is not built)")
   _grid(x.shape, patch_size)
   x = jax.lax.stop_gradient(x.astype(jnp.float32))
+  target = y
+  if loss == "kl":  # TRADES: KL to the clean output, a constant (one pass, as pgd).
+    target = jax.lax.stop_gradient(call_logits(logits_fn, x, model_key(rng, 0))
+                                   if ref_logits is None else ref_logits)
   objective = _objective_fn(logits_fn, loss, False, kappa)
-  grad_fn = jax.grad(lambda xa, key: _sum_aux(objective(xa, y, key)), has_aux=True)
+  grad_fn = jax.grad(lambda xa, key: _sum_aux(objective(xa, target, key)), has_aux=True)
   unroll = default_unroll(num_steps) if unroll is None else unroll
   mask_rng = jax.random.fold_in(rng, _MASK_STREAM)
 
@@ -160,8 +171,6 @@ def _validate(cfg):
   if cfg.get("prm_mode", "faithful") not in PRM_MODES:
     raise ConfigError(f"attack 'pgd_prm': prm_mode must be one of {PRM_MODES}, got "
                       f"{cfg['prm_mode']!r}")
-  if cfg.get("loss", "ce") == "kl":
-    raise ConfigError("attack 'pgd_prm': loss='kl' is not supported")
   keep = cfg.get("keep_prob", 1.0)
   if not 0 <= keep <= 1:
     raise ConfigError(f"attack 'pgd_prm': keep_prob must be in [0, 1], got {keep}")

@@ -9,14 +9,14 @@ from jaxrobust.data import ArrayDataset
 from jaxrobust.errors import ConfigError
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 from jaxrobust.accuracy import evaluate_model
-from jaxrobust.evaluate.suite import DEFAULT_SUITE, suite_attacks
+from jaxrobust.evaluate.suite import SUITE_NAMES, suite_attacks
 
 AA_NAMES = ("aa-standard", "aa-plus", "aa-rand", "aa-custom")
 
 
 def evaluation_names() -> list[str]:
   """Every name ``--attacks`` accepts: the suite's and AutoAttack's (``aa-*``)."""
-  return list(DEFAULT_SUITE) + list(AA_NAMES)
+  return list(SUITE_NAMES) + list(AA_NAMES)
 
 
 def canonical_evaluation_name(name: str) -> str:
@@ -28,7 +28,7 @@ def canonical_evaluation_name(name: str) -> str:
   key = str(name).strip().lower()
   if key.startswith("aa_"):
     key = "aa-" + key[3:]
-  if key in DEFAULT_SUITE or key in AA_NAMES:
+  if key in SUITE_NAMES or key in AA_NAMES:
     return key
   raise ConfigError(f"unknown evaluation {name!r}; choose from {evaluation_names()} "
                     f"(AutoAttack also as aa_standard, ...)")

@@ -27,6 +27,19 @@ unless stated, eval-mode BatchNorm, every random start clipped to [0, 1]):
 * ``cw30``: CW-inf (``ZFancy/IAD:basic_eval.py``): 30 steps of eps/4 on the
   CW hinge loss with kappa = 50, uniform start.
 
+Also (not in the default list), the evaluation of Mo et al.'s ViT paper
+(``mo666666/When-Adversarial-Training-Meets-Vision-Transformers:pgd.py``):
+
+* ``cw20``: 20 PGD steps of eps/4 on the margin floored at -10
+  (``CW_loss``: ``max(max_{j != y} z_j - z_y, -10)``, attack loss
+  ``margin_floor``), uniform start, only still-correct points updated
+  (``early_stop``).
+* ``pgd100``: PGD-100, CE, step eps/4, uniform start, only still-correct
+  points updated (``attack_pgd``).
+
+(Mo et al.'s PGD-20 is ``pgd20`` with ``early_stop``; the trainer's test
+attack of ``configs/cifar10_vit_pgd_at.py`` runs it.)
+
 ``--eps`` rescales every budget and step proportionally (for L2 the steps are
 eps/4; the TRADES protocol uses eps and step eps * 0.003 / 0.031, RSLAD's
 step eps * 0.003 / (8/255)). The evaluation CLI passes the run's own
@@ -47,7 +60,12 @@ PROTOCOL_SOURCES = {
     "pgd20_trades": "yaodongyu/TRADES:pgd_attack_cifar10.py",
     "pgd20_rslad": "zibojia/RSLAD:resnet18_rslad_cifar10.py",
     "cw30": "ZFancy/IAD:basic_eval.py",
+    "cw20": "mo666666/When-Adversarial-Training-Meets-Vision-Transformers:pgd.py",
+    "pgd100": "mo666666/When-Adversarial-Training-Meets-Vision-Transformers:pgd.py",
 }
+# Named evaluations outside the default list (Mo et al.'s ViT protocol).
+EXTRA_SUITE = ("cw20", "pgd100")
+SUITE_NAMES = DEFAULT_SUITE + EXTRA_SUITE
 _LINF_8 = 8 / 255
 
 
@@ -55,7 +73,7 @@ def suite_attacks(names, eps: float | None = None, norm: str = "linf") -> dict:
   """``{name: attack config or None}`` for the requested evaluation names.
 
   Args:
-    names: iterable of names from :data:`DEFAULT_SUITE` (each one protocol;
+    names: iterable of names from :data:`SUITE_NAMES` (each one protocol;
       see the module docstring and :data:`PROTOCOL_SOURCES`).
     eps: budget in pixel units; None -> 8/255 (L-inf) or 0.5 (L2).
     norm: ``'linf'`` or ``'l2'``.
@@ -95,7 +113,13 @@ def suite_attacks(names, eps: float | None = None, norm: str = "linf") -> dict:
     elif name == "cw30":
       out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=30, norm=norm,
                        loss="cw", kappa=50.0, random_start="uniform")
+    elif name == "cw20":
+      out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=20, norm=norm,
+                       loss="margin_floor", random_start="uniform", early_stop=True)
+    elif name == "pgd100":
+      out[name] = dict(name="pgd", eps=eps, step_size=eps / 4, num_steps=100, norm=norm,
+                       loss="ce", random_start="uniform", early_stop=True)
     else:
-      raise ConfigError(f"unknown evaluation {name!r}; choose from {DEFAULT_SUITE} (or an "
+      raise ConfigError(f"unknown evaluation {name!r}; choose from {SUITE_NAMES} (or an "
                         f"AutoAttack version: aa-standard, aa-plus, aa-rand, aa-custom)")
   return out

@@ -17,10 +17,11 @@ loss                KL reduction       source
 ==================  =================  ==========================================
 """
 from jaxrobust.losses._distill import ard_loss, iad_loss, iad_trust, rslad_loss
-from jaxrobust.losses._kl import REDUCTIONS, cross_entropy, kl_divergence, reduce_elementwise
+from jaxrobust.losses._kl import (REDUCTIONS, cross_entropy, kl_divergence, reduce_elementwise,
+                                  soft_target_cross_entropy)
 from jaxrobust.losses._mart import mart_loss, mart_misclassified_class
 from jaxrobust.losses._trades import trades_loss
 
 __all__ = ["REDUCTIONS", "ard_loss", "cross_entropy", "iad_loss", "iad_trust",
            "kl_divergence", "mart_loss", "mart_misclassified_class", "reduce_elementwise",
-           "rslad_loss", "trades_loss"]
+           "rslad_loss", "soft_target_cross_entropy", "trades_loss"]

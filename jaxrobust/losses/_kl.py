@@ -119,3 +119,30 @@ def cross_entropy(logits: jax.Array, labels: jax.Array,
   if reduction == "mean":
     return jnp.mean(per)
   raise ValueError(f"unknown reduction {reduction!r}; use 'mean' or 'none'")
+
+
+def soft_target_cross_entropy(logits: jax.Array, targets: jax.Array,
+                              reduction: str = "mean") -> jax.Array:
+  """``-sum_c t_c log softmax(logits)_c``: CE against soft targets (Mixup/CutMix labels).
+
+  timm's ``SoftTargetCrossEntropy`` (``timm/loss/cross_entropy.py``), the
+  criterion of Mo et al.'s AT branch with Mixup/CutMix (``mo666666/When-
+  Adversarial-Training-Meets-Vision-Transformers:train_cifar.py``). With
+  one-hot targets it equals :func:`cross_entropy`.
+
+  Args:
+    logits: float ``[B, C]``.
+    targets: float ``[B, C]``, rows summing to 1 (not checked).
+    reduction: ``'mean'`` over the batch (scalar) or ``'none'`` (float32 ``[B]``).
+
+  Raises:
+    ValueError: mismatched shapes or an unknown reduction.
+  """
+  if targets.shape != logits.shape:
+    raise ValueError(f"soft targets {targets.shape} do not match logits {logits.shape}")
+  per = -jnp.sum(targets.astype(jnp.float32) * log_probs(logits), axis=-1)
+  if reduction == "none":
+    return per
+  if reduction == "mean":
+    return jnp.mean(per)
+  raise ValueError(f"unknown reduction {reduction!r}; use 'mean' or 'none'")

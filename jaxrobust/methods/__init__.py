@@ -4,10 +4,11 @@
 builds it with :func:`method_from_config`. Registered here: ``standard``
 (:mod:`.standard`), ``pgd_at`` and ``fgsm_at`` (:mod:`.adversarial`),
 ``trades`` (:mod:`.trades`), ``mart`` (:mod:`.mart`), ``awp`` (:mod:`.awp`),
-``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`), ``vit_pgd_at``
-(:mod:`.vit_recipe`, Mo et al.'s ViT recipe), ``regmixup`` and our adversarial
-``regmixup_at`` (:mod:`.regmixup`), ``rotation_ssl`` (:mod:`.rotation`). A new
-objective is a module calling :func:`register_method`.
+``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`), ``vit_pgd_at``,
+``vit_trades`` and ``vit_mart`` (:mod:`.vit_recipe`, Mo et al.'s ViT recipe),
+``regmixup`` and our adversarial ``regmixup_at`` (:mod:`.regmixup`),
+``rotation_ssl`` (:mod:`.rotation`). A new objective is a module calling
+:func:`register_method`.
 """
 from __future__ import annotations
 

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
@@ -11,12 +13,18 @@ from flax import nnx
 from jaxrobust.data import (ArrayDataset, check_image_shape, dataset_info, load_split,
                             train_val_split)
 from jaxrobust.errors import ConfigError, DataError
-from jaxrobust.models import VIT_MODELS, create_model
+from jaxrobust.models import MODELS, VIT_MODELS, create_model
 from jaxrobust.models.layers import linear
 
 # Auxiliary heads a method may need on the penultimate features (config.model.aux_heads):
 # name -> outputs. 'rotation': the 4-way rotation head of Hendrycks et al. 2019.
 AUX_HEADS = {"rotation": 4}
+
+# Constructor arguments the trainer sets from the data and config.model (never from
+# config.model.kwargs): classes, channels and image size come from the dataset, mean/std from
+# config.model.normalize, dtype from config.model.dtype, rngs/seed from config.seed.
+RESERVED_MODEL_KWARGS = ("num_classes", "in_channels", "image_size", "normalize", "mean",
+                         "std", "dtype", "rngs", "seed")
 
 
 @dataclasses.dataclass
@@ -76,8 +84,77 @@ def image_shape_of(config) -> tuple[int, int, int]:
   return tuple(info.image_shape)
 
 
+_KEYWORD_KINDS = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def constructor_keywords(ctor) -> set[str] | None:
+  """The keyword arguments a model constructor takes, or None when it cannot be told.
+
+  Looks through ``functools.partial`` (bound keywords stay overridable, bound
+  positional arguments are consumed) to the class's ``__init__``; a
+  constructor with ``**kwargs`` that wraps another one given positionally
+  (:class:`jaxrobust.models.noisy.InputNoise`) also takes the wrapped one's.
+  """
+  args, func = (), ctor
+  while isinstance(func, functools.partial):
+    args, func = func.args + args, func.func
+  target = func.__init__ if inspect.isclass(func) else func
+  params = {k: p for k, p in inspect.signature(target).parameters.items() if k != "self"}
+  positional = [k for k, p in params.items() if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+  names = {k for k, p in params.items() if p.kind in _KEYWORD_KINDS} - set(positional[:len(args)])
+  if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+    return names
+  wrapped = [a for a in args if callable(a)]
+  inner = constructor_keywords(wrapped[0]) if wrapped else None
+  return None if inner is None else names | inner
+
+
+def check_model_kwargs(name: str, kwargs) -> dict:
+  """``kwargs`` (``config.model.kwargs``) as a plain dict, checked against model ``name``.
+
+  Every key must be a keyword argument of the registered constructor
+  (:data:`jaxrobust.models.MODELS`, e.g. ``patch_size`` / ``depth`` /
+  ``width`` of a ViT) and not one the trainer sets itself
+  (:data:`RESERVED_MODEL_KWARGS`). Values are checked by the constructor when
+  the model is built.
+
+  Args:
+    name: ``config.model.name``.
+    kwargs: a mapping (ConfigDict or dict), or None / empty.
+
+  Returns:
+    ``dict(kwargs)`` (ConfigDicts converted; JSON lists stay lists).
+
+  Raises:
+    ConfigError: an unknown model, a key the constructor does not take, or a
+      reserved key.
+  """
+  if name not in MODELS:
+    raise ConfigError(f"config.model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
+  if hasattr(kwargs, "to_dict"):
+    kwargs = kwargs.to_dict()
+  kwargs = dict(kwargs or {})
+  accepted = constructor_keywords(MODELS[name])
+  open_ended = accepted is None
+  valid = sorted(set(accepted or ()) - set(RESERVED_MODEL_KWARGS))
+  for key in sorted(kwargs):
+    if key in RESERVED_MODEL_KWARGS:
+      raise ConfigError(f"config.model.kwargs.{key} is set by the trainer (classes, channels "
+                        f"and image size from the data, normalize/dtype from config.model, the "
+                        f"seed from config.seed); remove it from config.model.kwargs")
+    if key not in valid and not open_ended:
+      raise ConfigError(f"config.model.kwargs.{key} is not an argument of model {name!r}; "
+                        f"its arguments: {valid}")
+  return kwargs
+
+
 def model_kwargs(config, image_shape) -> dict:
-  """Constructor arguments implied by the data (classes, channels, image size)."""
+  """Constructor arguments: those implied by the data (classes, channels, image size), then
+  ``config.model.kwargs`` (checked by :func:`check_model_kwargs`).
+
+  Raises:
+    ConfigError: a bad ``config.model.kwargs`` key.
+  """
   kw = dict(num_classes=dataset_info(config.data.name).num_classes,
             in_channels=image_shape[-1],
             normalize=config.model.normalize,
@@ -86,6 +163,7 @@ def model_kwargs(config, image_shape) -> dict:
     kw["image_size"] = image_shape[0]
   elif config.model.name in VIT_MODELS:  # the position embedding's token grid
     kw["image_size"] = tuple(int(s) for s in image_shape[:2])
+  kw.update(check_model_kwargs(config.model.name, config.model.get("kwargs", None)))
   return kw
 
 
@@ -135,8 +213,22 @@ def build_model(config, image_shape, seed: int | None = None):
 
 
 def model_fingerprint(config, image_shape) -> str:
-  """A string identifying the architecture, stored in checkpoints."""
+  """A string identifying the architecture, stored in checkpoints.
+
+  ``config.model.kwargs`` is part of it when set (``|kwargs=k1=v1,k2=v2``,
+  sorted), so a run restores only into a model of the same shape; runs
+  without kwargs keep the fingerprint they always had.
+  """
   kw = model_kwargs(config, image_shape)
   heads = aux_heads_of(config)
-  return (f"{config.model.name}|classes={kw['num_classes']}|in={tuple(image_shape)}"
-          + (f"|heads={','.join(heads)}" if heads else ""))
+  out = (f"{config.model.name}|classes={kw['num_classes']}|in={tuple(image_shape)}"
+         + (f"|heads={','.join(heads)}" if heads else ""))
+  extra = check_model_kwargs(config.model.name, config.model.get("kwargs", None))
+  if extra:
+    out += "|kwargs=" + ",".join(f"{k}={_plain(v)}" for k, v in sorted(extra.items()))
+  return out
+
+
+def _plain(v):
+  """Lists and tuples print alike (a JSON round trip turns tuples into lists)."""
+  return tuple(_plain(u) for u in v) if isinstance(v, (list, tuple)) else v

@@ -18,7 +18,7 @@ from jaxrobust.errors import ConfigError
 from jaxrobust.models import MODELS
 from jaxrobust.methods import (ATTACK_BN_UPDATES, PAD_MODES, get_method, method_config,
                                method_from_config, official_pad_mode)
-from jaxrobust.train.builders import aux_heads_of
+from jaxrobust.train.builders import aux_heads_of, check_model_kwargs
 from jaxrobust.train.optim import OPTIMIZERS, SCHEDULES, WEIGHT_DECAY_MASKS
 from jaxrobust.utils.paths import compile_regex
 
@@ -69,6 +69,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # Auxiliary linear heads on the penultimate features that a method trains (e.g.
   # ('rotation',) for rotation_ssl); evaluation ignores them.
   c.model.aux_heads = ()
+  # Extra keyword arguments of the model's constructor (checked against its signature by
+  # jaxrobust.train.builders.check_model_kwargs), e.g. dict(patch_size=4) for a ViT. Set it
+  # as a whole in a config file: c.model.kwargs = dict(patch_size=4, depth=6).
+  c.model.kwargs = ml_collections.ConfigDict()
 
   # The threat model, set once: every attack branch (config.method.attack,
   # config.eval.val_attack, config.eval.test_attack) that leaves eps / norm unset
@@ -227,6 +231,7 @@ def validate_config(c) -> None:
           f"method's official padding")
   if c.model.name not in MODELS:
     _fail(f"config.model.name={c.model.name!r} is unknown; choose one of {sorted(MODELS)}")
+  check_model_kwargs(c.model.name, c.model.get("kwargs", None))
   if c.model.dtype not in ("float32", "bfloat16", "float16"):
     _fail(f"config.model.dtype={c.model.dtype!r}; use float32, bfloat16 or float16")
   t = c.train
@@ -349,6 +354,9 @@ def config_for_saved(saved: dict) -> tuple[ml_collections.ConfigDict, dict]:
   config.unlock()
   config.method = method_config(**m)
   config.method.unlock()
+  kwargs = (saved.get("model") or {}).get("kwargs") or {}
+  if kwargs:  # the model's extra constructor arguments: keys of the run's own.
+    config.model.kwargs = dict(kwargs)
   return config, saved
 
 

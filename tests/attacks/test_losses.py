@@ -22,7 +22,7 @@ def _close(a, b, tol=1e-6):
 
 
 def test_registry():
-  assert set(LOSSES) == {"ce", "cw", "margin", "kl", "dlr"}
+  assert set(LOSSES) == {"ce", "cw", "margin", "kl", "dlr", "margin_floor"}
 
 
 def test_ce_by_hand():

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 
 from jaxrobust.attacks import attack_from_config
-from jaxrobust.evaluate.suite import DEFAULT_SUITE, PROTOCOL_SOURCES, suite_attacks
+from jaxrobust.evaluate.suite import DEFAULT_SUITE, PROTOCOL_SOURCES, SUITE_NAMES, suite_attacks
 
 EPS = 8 / 255
 
 
 def test_every_protocol_names_its_source():
-  assert set(PROTOCOL_SOURCES) == set(DEFAULT_SUITE) - {"clean"}
+  assert set(PROTOCOL_SOURCES) == set(SUITE_NAMES) - {"clean"}
 
 
 def test_protocols_at_8_255_are_the_official_scripts_settings():

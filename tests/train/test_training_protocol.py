@@ -23,7 +23,7 @@ from jaxrobust.train import default_config, resolve_config, validate_config
 OFFICIAL = {"standard": "constant", "pgd_at": "reflect", "fgsm_at": "constant",
             "trades": "constant", "mart": "constant", "awp": "reflect",
             "ard_distill": "constant", "iad": "constant", "rslad": "constant",
-            "vit_pgd_at": "constant",
+            "vit_pgd_at": "constant", "vit_trades": "constant", "vit_mart": "constant",
             # RegMixup (FrancescoPinto/RegMixup) and rotation SSL (hendrycks/ss-ood) use
             # torchvision RandomCrop(32, padding=4).
             "regmixup": "constant", "regmixup_at": "constant", "rotation_ssl": "constant"}
