@@ -16,7 +16,12 @@ Semantics follow the reference ``fra31/auto-attack:autoattack/autopgd_base.py``
   including its wrap-around read of the zero-initialised loss history at the
   first checkpoint) or when the step was not reduced at the last checkpoint
   and the best loss did not improve since (condition 2);
-* any misclassifying iterate is kept (``x_best_adv``);
+* a misclassifying iterate is kept (``x_best_adv``): the reference keeps the
+  last one; here, for a deterministic model, the first one (deliberate: the
+  model's verdict on it is final, so a fooled point's outputs never change
+  again and the AutoAttack cascade can drop it at the next checkpoint,
+  :func:`apgd_segments`; the success flags are the same), for a stochastic
+  model the last one, as the reference;
 * restarts and target classes only attack points that are still robust.
 
 Sign convention: the objectives (CE, DLR, targeted DLR) are maximised.

@@ -41,7 +41,14 @@ APGD-T's target classes and APGD's restarts are each one pass over the points
 still robust after the previous pass (the reference does the same inside each
 batch of 250), while FAB-T and Square loop over their targets/restarts inside
 one jitted call, and so does untargeted FAB (version 'plus': its restarts);
-random streams differ from PyTorch's. The
+random streams differ from PyTorch's. Compaction (``compact=True``, the
+default, deterministic models): inside an APGD pass (APGD-CE, APGD-DLR, each
+APGD-T target), the points already misclassified leave the attacked batch at
+each step-size checkpoint, where the reference attacks them to the last
+iteration; the remaining points are re-padded to :func:`padded_size` rows.
+Flags and adversarial examples are identical to attacking the whole chunk
+(tested), because every per-point quantity of APGD depends on that point only
+and APGD keeps a point's first misclassifying iterate. The
 reference's ``check_dynamic`` (Python tracing of backward hooks) has no
 meaning for a jitted pure function and is replaced by a batch-independence
 check (eval-mode BatchNorm).
