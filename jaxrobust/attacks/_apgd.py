@@ -17,11 +17,11 @@ Semantics follow the reference ``fra31/auto-attack:autoattack/autopgd_base.py``
   first checkpoint) or when the step was not reduced at the last checkpoint
   and the best loss did not improve since (condition 2);
 * a misclassifying iterate is kept (``x_best_adv``): the reference keeps the
-  last one; here, for a deterministic model, the first one (deliberate: the
-  model's verdict on it is final, so a fooled point's outputs never change
-  again and the AutoAttack cascade can drop it at the next checkpoint,
-  :func:`apgd_segments`; the success flags are the same), for a stochastic
-  model the last one, as the reference;
+  last one, here the first one (deliberate: a fooled point's outputs then
+  never change again and the AutoAttack cascade can drop it at the next
+  checkpoint, :func:`apgd_segments`; the success flags are the same, and for
+  a deterministic model both iterates are misclassified; with a stochastic
+  model either was misclassified by one random pass only);
 * restarts and target classes only attack points that are still robust.
 
 Sign convention: the objectives (CE, DLR, targeted DLR) are maximised.
@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks._losses import ce_loss, dlr_loss, dlr_targeted_loss
-from jaxrobust.attacks._model import call_logits, is_stochastic, model_key
+from jaxrobust.attacks._model import call_logits, model_key
 from jaxrobust.attacks._norms import l2_norm
 from jaxrobust.attacks._pgd import default_unroll
 from jaxrobust.attacks._projections import project
@@ -128,10 +128,8 @@ def _apgd_parts(logits_fn, rng, x, y, y_target, *, eps, norm, num_steps, loss, r
   x = jax.lax.stop_gradient(x.astype(jnp.float32))
   b = x.shape[0]
   bshape = (b,) + (1,) * (x.ndim - 1)
-  # A deterministic model's verdict on an iterate is final, so a row keeps its FIRST
-  # misclassifying iterate and nothing it returns changes once it is fooled: the cascade
-  # can drop it from the batch (compaction). A stochastic model keeps the last one.
-  freeze_fooled = not is_stochastic(logits_fn)
+  # A row keeps its FIRST misclassifying iterate, so nothing it returns changes once it is
+  # fooled and the cascade can drop it from the batch (compaction).
 
   def value_grad(xa, i=0):
     def f(z, key):
@@ -176,7 +174,7 @@ def _apgd_parts(logits_fn, rng, x, y, y_target, *, eps, norm, num_steps, loss, r
     l, g, logits = value_grad(x_new, i + 1)
     pred_ok = jnp.argmax(logits, -1) == y
     acc_new = s["acc"] & pred_ok
-    fooled = ~pred_ok & s["acc"] if freeze_fooled else ~pred_ok
+    fooled = ~pred_ok & s["acc"]
     x_best_adv = jnp.where(fooled.reshape(bshape), x_new, s["x_best_adv"])
     loss_steps = s["loss_steps"].at[:, i].set(l)
     improved = l > s["loss_best"]
@@ -233,9 +231,8 @@ def apgd_single_run(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax
   Returns:
     ``(x_adv, success, x_best, loss_best)``: ``x_adv`` float32 like x is a
     misclassifying iterate where one was found (``success`` bool ``[B]``) and
-    the start point otherwise: for a deterministic model the first one (a
-    fooled row's result is then final, see :func:`apgd_segments`), for a
-    stochastic model the last one, as the reference; ``x_best``/``loss_best``
+    the start point otherwise: the first one (the reference keeps the last; a
+    fooled row's result is then final, see :func:`apgd_segments`); ``x_best``/``loss_best``
     the highest-loss iterate and its loss.
   """
   init, body = _apgd_parts(logits_fn, rng, x, y, y_target, eps=eps, norm=norm,
@@ -253,8 +250,8 @@ def apgd_segments(num_steps: int) -> list[tuple[int, int, int]]:
   Segment ``j`` runs iterations ``start <= i < stop``; all but the last end
   with a checkpoint (:func:`checkpoint_schedule`), ``k`` is the interval in
   force during the segment. Every per-row quantity of APGD depends on that row
-  only, and with a deterministic model a fooled row's results are final
-  (:func:`apgd_single_run` keeps the first misclassifying iterate), so rows
+  only, and a fooled row's results are final (:func:`apgd_single_run` keeps
+  the first misclassifying iterate), so rows
   fooled by the end of a segment can leave the batch
   (:func:`apgd_run_segment`): the rows that stay get exactly the same results.
   """

@@ -471,7 +471,7 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
       never compacted). The flags and adversarial examples are identical:
       every per-point quantity of these attacks depends on that point only, and
       a misclassified point's result is final (APGD keeps its first
-      misclassifying iterate for a deterministic model).
+      misclassifying iterate).
 
   Returns:
     An :class:`AutoAttackResult`.
