@@ -1,10 +1,31 @@
-"""Test setup: 8 fake CPU devices (multi-device code paths), fast compilation."""
+"""Test setup: 8 fake CPU devices (multi-device code paths), fast compilation, and one
+persistent compilation cache for the CLI subprocesses of a test session."""
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 os.environ.setdefault("XLA_FLAGS", "")
 if "xla_force_host_platform_device_count" not in os.environ["XLA_FLAGS"]:
   os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=8"
+
+# The CLI subprocesses the tests start (python -m jaxrobust.train / evaluate / ...) share one
+# compilation cache per test session, so a program compiled by one is loaded by the next;
+# never the user's own cache (~/.cache/jaxrobust/xla). The process that creates the directory
+# exports it: pytest-xdist workers inherit it from the controller (or, started otherwise,
+# share one keyed on the run's PYTEST_XDIST_TESTRUNUID). A user's explicit setting (a path or
+# 'off') is kept.
+_CACHE_ENV = "JAXROBUST_COMPILATION_CACHE"
+if _CACHE_ENV not in os.environ:
+  _run_id = os.environ.get("PYTEST_XDIST_TESTRUNUID")
+  if _run_id:
+    _cache = os.path.join(tempfile.gettempdir(), f"jaxrobust-test-xla-{_run_id}")
+    os.makedirs(_cache, exist_ok=True)
+  else:
+    _cache = tempfile.mkdtemp(prefix="jaxrobust-test-xla-")
+    atexit.register(shutil.rmtree, _cache, ignore_errors=True)
+  os.environ[_CACHE_ENV] = _cache
 
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top

@@ -22,7 +22,8 @@ autoattack.py``, ``set_version``).
 """
 from __future__ import annotations
 
-from jaxrobust.attacks._apgd import apgd, apgd_pass, apgd_targeted, apgd_targeted_pass
+from jaxrobust.attacks._apgd import (apgd, apgd_pass, apgd_pass_segments, apgd_targeted,
+                                     apgd_targeted_pass, apgd_targeted_pass_segments)
 from jaxrobust.attacks._fab import FAB_NORMS, fab, fab_targeted
 from jaxrobust.attacks._losses import LOSSES
 from jaxrobust.attacks._pgd import fgsm, pgd
@@ -93,7 +94,8 @@ _FAB = {"eps", "norm", "num_steps", "num_restarts", "alpha_max", "eta", "beta"}
 _APGD_AA = AutoAttackHook(
     settings={"num_steps": "apgd_steps", "num_restarts": "apgd_restarts",
               "eot_iter": "eot_iter"},
-    passes=lambda cfg: int(cfg.get("num_restarts", 1)), run=apgd_pass)
+    passes=lambda cfg: int(cfg.get("num_restarts", 1)), run=apgd_pass,
+    segments=apgd_pass_segments)
 
 BUILTIN = (
     AttackSpec(
@@ -116,7 +118,7 @@ BUILTIN = (
         "apgd_dlr", apgd, settings=_APGD, fixed={"loss": "dlr"}, aliases=("apgd-dlr",),
         validate=_validator("apgd_dlr"),
         autoattack=AutoAttackHook(settings=_APGD_AA.settings, passes=_APGD_AA.passes,
-                                  run=apgd_pass),
+                                  run=apgd_pass, segments=apgd_pass_segments),
         doc="APGD on the DLR loss"),
     AttackSpec(
         "apgd_t", apgd_targeted, settings=_APGD | {"n_target_classes"},
@@ -126,7 +128,7 @@ BUILTIN = (
                       "eot_iter": "eot_iter"},
             passes=lambda cfg: int(cfg.get("n_target_classes", 9)) * int(
                 cfg.get("num_restarts", 1)),
-            run=apgd_targeted_pass),
+            run=apgd_targeted_pass, segments=apgd_targeted_pass_segments),
         doc="APGD-T: targeted DLR towards the top non-true classes"),
     AttackSpec(
         "fab", fab, settings=_FAB, validate=_validator("fab", norms=FAB_NORMS),

@@ -42,10 +42,40 @@ class AutoAttackHook:
     passes: ``passes(settings) -> int``, the number of passes (default 1).
     run: ``run(logits_fn, key, x, y, sub, **settings) -> x_adv``; None: the
       registered function itself, ``fn(logits_fn, key, x, y, **settings)``.
+    segments: ``segments(**settings) -> AttackSegments``: the same pass cut into
+      segments, so that the cascade can drop the rows a segment finished
+      (compaction, ``run_autoattack(compact=True)``); None: not cut.
   """
   settings: Mapping[str, str] = dataclasses.field(default_factory=dict)
   passes: Callable[[Mapping], int] | None = None
   run: Callable | None = None
+  segments: Callable[..., "AttackSegments"] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSegments:
+  """One AutoAttack pass of an attack, cut into segments (compaction).
+
+  Contract: every per-row quantity depends on that row only, and once
+  ``done(state)`` is True for a row its ``result`` never changes. The cascade
+  then runs ``init`` on the batch and each ``step`` on the rows not yet done
+  only (gathered, padded to a few fixed sizes): the flags and adversarial
+  examples equal those of running every step on the whole batch.
+
+  Attributes:
+    count: number of segments.
+    init: ``init(logits_fn, key, x, y, sub) -> state`` (a pytree of arrays with
+      the batch on axis 0).
+    step: ``step(logits_fn, key, x, y, sub, state, seg) -> state``, ``seg`` an
+      int32 (traced) segment index; ``x``, ``y`` and ``state`` any subset of rows.
+    done: ``done(state) -> bool [B]``: rows whose result is final.
+    result: ``result(state) -> x_adv`` like ``x``.
+  """
+  count: int
+  init: Callable
+  step: Callable
+  done: Callable
+  result: Callable
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,14 @@ in every forward pass; evaluate it with ``aa-rand`` (``aa-standard`` warns).
 Threat model: ``--eps`` / ``--norm`` when given, else the run's own
 ``config.eps`` / ``config.norm`` when its config has them, else 8/255 L-inf
 (0.5 for L2).
+
+Preemption: with ``--aa_state DIR``, SIGTERM or SIGUSR1 saves the AutoAttack
+state at the next batch and exits with status 75; rerunning the same command
+resumes to the result of an uninterrupted run.
 """
+import contextlib
+import itertools
+
 from jaxrobust.cli import apply_cpu_defaults, run_main
 
 apply_cpu_defaults()
@@ -118,6 +125,7 @@ def main(argv):
   from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxrobust.accuracy import exact_subset  # pylint: disable=g-import-not-at-top
   from jaxrobust.evaluate.report import evaluate_names, plot_curve  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train.preemption import PreemptionGuard  # pylint: disable=g-import-not-at-top
   from jaxrobust.train.restore import load_trained, parse_checkpoint_path  # pylint: disable=g-import-not-at-top
 
   if len(argv) > 1:
@@ -143,8 +151,15 @@ def main(argv):
               aa_state=_AA_STATE.value)
   report = {"workdir": trained.workdir, "checkpoint": which, "step": trained.step,
             "n_examples": len(test), "norm": norm, "ema": trained.uses_ema}
-  report.update(evaluate_names(trained, test, names, eps, norm,
-                               verbose=True, save_adv=_SAVE_ADV.value, **opts))
+  # With --aa_state, SIGTERM/SIGUSR1 save the AutoAttack state at the next batch and exit
+  # with status 75 (rerunning the command resumes); without it a signal ends the process.
+  guard = PreemptionGuard() if _AA_STATE.value else contextlib.nullcontext()
+  with guard:
+    checks = itertools.count()
+    stop = ((lambda: guard.signal_name if guard.should_stop(next(checks)) else None)
+            if _AA_STATE.value else None)
+    report.update(evaluate_names(trained, test, names, eps, norm, verbose=True,
+                                 save_adv=_SAVE_ADV.value, should_stop=stop, **opts))
   out = _OUT.value or os.path.join(workdir, f"eval_{which}.json")
   if _CURVE_EPS.value:
     curve = {}

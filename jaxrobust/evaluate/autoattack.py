@@ -41,7 +41,14 @@ APGD-T's target classes and APGD's restarts are each one pass over the points
 still robust after the previous pass (the reference does the same inside each
 batch of 250), while FAB-T and Square loop over their targets/restarts inside
 one jitted call, and so does untargeted FAB (version 'plus': its restarts);
-random streams differ from PyTorch's. The
+random streams differ from PyTorch's. Compaction (``compact=True``, the
+default, deterministic models): inside an APGD pass (APGD-CE, APGD-DLR, each
+APGD-T target), the points already misclassified leave the attacked batch at
+each step-size checkpoint, where the reference attacks them to the last
+iteration; the remaining points are re-padded to :func:`padded_size` rows.
+Flags and adversarial examples are identical to attacking the whole chunk
+(tested), because every per-point quantity of APGD depends on that point only
+and APGD keeps a point's first misclassifying iterate. The
 reference's ``check_dynamic`` (Python tracing of backward hooks) has no
 meaning for a jitted pure function and is replaced by a batch-independence
 check (eval-mode BatchNorm).
@@ -60,8 +67,8 @@ import jax.numpy as jnp
 import numpy as np
 import tqdm
 
-from jaxrobust.attacks import (attack_names, call_logits, dlr_loss, get_attack, model_key,
-                               resolve_attack_name)
+from jaxrobust.attacks import (attack_names, call_logits, dlr_loss, get_attack, is_stochastic,
+                               model_key, resolve_attack_name)
 from jaxrobust.errors import AutoAttackPreempted, CheckpointError, ConfigError
 from jaxrobust.parallel import check_batch_size, data_sharding, replicated
 from jaxrobust.types import AnyLogitsFn
@@ -393,10 +400,50 @@ def padded_size(n: int, batch_size: int, n_dev: int = 1) -> int:
   return min(batch_size, n_dev * -(-size // n_dev))
 
 
+def _segmented(name: str, s: AutoAttackSettings):
+  """The registered attack's :class:`~jaxrobust.attacks.registry.AttackSegments`, or None."""
+  hook = get_attack(name).autoattack
+  return None if hook.segments is None else hook.segments(**attack_settings(name, s))
+
+
+def _tree_take(tree, rows):
+  return jax.tree_util.tree_map(lambda a: a[rows], tree)
+
+
+def _run_compacted(segs, init, step, xb, yb, key, sub, n_real, batch_size, n_dev):
+  """One pass of a segmented attack on a padded chunk, dropping finished rows between segments.
+
+  The rows not yet done are gathered and padded to :func:`padded_size` rows
+  (a few fixed sizes, each compiled once) before every segment; a done row's
+  result is final (:class:`~jaxrobust.attacks.registry.AttackSegments`), so the
+  adversarial examples equal those of the whole chunk run through every segment.
+  Returns ``x_adv`` of the ``n_real`` real rows (numpy).
+  """
+  state = jax.tree_util.tree_map(np.array, init(xb, yb, key, sub))
+  live = np.arange(len(xb)) < n_real
+  live &= ~np.asarray(segs.done(state))
+  for seg in range(segs.count):
+    act = np.flatnonzero(live)
+    if not len(act):
+      break
+    size = padded_size(len(act), batch_size, n_dev)
+    rows = np.concatenate([act, np.full(size - len(act), act[0])])
+    new = step(xb[rows], yb[rows], key, sub, _tree_take(state, rows), jnp.int32(seg))
+    new = jax.tree_util.tree_map(lambda a: np.asarray(a)[: len(act)], new)
+
+    def put(full, part):
+      full[act] = part
+      return full
+    state = jax.tree_util.tree_map(put, state, new)
+    live[act] &= ~np.asarray(segs.done(new))
+  return np.asarray(segs.result(state))[:n_real]
+
+
 def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, settings:
                    AutoAttackSettings, *, batch_size: int = 250, mesh=None, seed: int = 0,
                    state_dir: str | None = None, progress: bool = True,
-                   should_stop: Callable[[], str | None] | None = None) -> AutoAttackResult:
+                   should_stop: Callable[[], str | None] | None = None,
+                   compact: bool = True) -> AutoAttackResult:
   """Runs the AutoAttack cascade on ``(x, y)``.
 
   Args:
@@ -424,6 +471,14 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
       including the position inside the current pass, and raises
       :class:`jaxrobust.errors.AutoAttackPreempted`. Resuming from that state
       gives the same result as an uninterrupted run.
+    compact: inside an attack pass, drop the points already misclassified
+      from the attacked batch at the attack's segment ends (APGD: its
+      step-size checkpoints) instead of attacking them to the last iteration
+      (the reference's way); a deterministic model only (a stochastic one is
+      never compacted). The flags and adversarial examples are identical:
+      every per-point quantity of these attacks depends on that point only, and
+      a misclassified point's result is final (APGD keeps its first
+      misclassifying iterate).
 
   Returns:
     An :class:`AutoAttackResult`.
@@ -494,6 +549,18 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
   for a_i, name in enumerate(settings.attacks):
     fn = _attack_fn(name, settings)
     run = jit(lambda xb, yb, k, sub, fn=fn: fn(logits_fn, k, xb, yb, sub))
+    segs = _segmented(name, settings) if compact and not is_stochastic(logits_fn) else None
+    if segs is not None:
+      if mesh is not None:
+        seg_init = jax.jit(lambda xb, yb, k, sub, g=segs: g.init(logits_fn, k, xb, yb, sub),
+                           in_shardings=(dat, dat, rep, rep), out_shardings=dat)
+        seg_step = jax.jit(lambda xb, yb, k, sub, st, j, g=segs: g.step(logits_fn, k, xb, yb,
+                                                                        sub, st, j),
+                           in_shardings=(dat, dat, rep, rep, dat, rep), out_shardings=dat)
+      else:
+        seg_init = jax.jit(lambda xb, yb, k, sub, g=segs: g.init(logits_fn, k, xb, yb, sub))
+        seg_step = jax.jit(lambda xb, yb, k, sub, st, j, g=segs: g.step(logits_fn, k, xb, yb,
+                                                                        sub, st, j))
     t0 = time.time()
     n_sub = _sub_runs(name, settings)
     for sub in range(n_sub):
@@ -513,7 +580,11 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
         if c < start:
           continue
         k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, a_i), sub), c)
-        adv = np.asarray(run(x[pad], y[pad], k, jnp.int32(sub)))[: len(chunk)]
+        if segs is None:
+          adv = np.asarray(run(x[pad], y[pad], k, jnp.int32(sub)))[: len(chunk)]
+        else:
+          adv = _run_compacted(segs, seg_init, seg_step, x[pad], y[pad], k, jnp.int32(sub),
+                               len(chunk), batch_size, n_dev)
         pred = np.asarray(predict(np.concatenate([adv, x[pad][len(chunk):]]),
                                   model_key(pred_key, 3, a_i, sub, c)))[: len(chunk)]
         broken = pred != y[chunk]

@@ -35,7 +35,8 @@ def canonical_evaluation_name(name: str) -> str:
 
 
 def evaluate_names(trained, test: ArrayDataset, names, eps, norm, *, batch_size, mesh,
-                   seed=0, aa_attacks=(), aa_state=None, save_adv=None, verbose=False) -> dict:
+                   seed=0, aa_attacks=(), aa_state=None, save_adv=None, verbose=False,
+                   should_stop=None) -> dict:
   """Accuracy of ``trained`` on ``test`` for each evaluation name.
 
   Args:
@@ -50,6 +51,9 @@ def evaluate_names(trained, test: ArrayDataset, names, eps, norm, *, batch_size,
     aa_attacks: the cascade of ``aa-custom`` (registered names or their
       hyphen spellings, e.g. ``apgd-ce,square``).
     aa_state: AutoAttack resume directory.
+    should_stop: with ``aa_state``, polled between AutoAttack batches; a
+      signal name stops the evaluation after saving its state
+      (:func:`jaxrobust.evaluate.autoattack.run_autoattack`).
     save_adv: ``.npz`` path for the AutoAttack adversarial examples.
     verbose: print a table.
 
@@ -88,7 +92,7 @@ def evaluate_names(trained, test: ArrayDataset, names, eps, norm, *, batch_size,
     t0 = time.time()
     res = run_autoattack(trained.logits_fn(), test.images, test.labels, settings,
                          batch_size=batch_size, mesh=mesh, seed=seed, state_dir=aa_state,
-                         progress=verbose)
+                         progress=verbose, should_stop=should_stop)
     out["accuracy"][name] = float(res.robust.mean())
     out["seconds"][name] = round(time.time() - t0, 2)
     out["attacks"][name] = {"eps": settings.eps, "norm": norm, "version": version,

@@ -159,7 +159,8 @@ def test_resume_from_state_equals_uninterrupted(tmp_path, data_dir, monkeypatch)
   logits_fn, x, y = _trained_linear_mnist(data_dir)
   s = AutoAttackSettings.for_version(0.1, "linf", "custom", attacks=("apgd-ce", "apgd-t"),
                                      **FAST)
-  full = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False)
+  # compact=False: the crash is injected into the whole-pass attack function.
+  full = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False, compact=False)
 
   real = aa._attack_fn
 
@@ -177,19 +178,48 @@ def test_resume_from_state_equals_uninterrupted(tmp_path, data_dir, monkeypatch)
 
   monkeypatch.setattr(aa, "_attack_fn", crash_on_second_target)
   with pytest.raises(Exception):
-    run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False, state_dir=str(tmp_path))
+    run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False, state_dir=str(tmp_path),
+                   compact=False)
   monkeypatch.setattr(aa, "_attack_fn", real)
   import json
   done = json.loads((tmp_path / "aa_state.json").read_text())["done"]
   assert done == ["apgd_ce:0", "apgd_t:0"]
   resumed = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False,
-                           state_dir=str(tmp_path))
+                           state_dir=str(tmp_path), compact=False)
   np.testing.assert_array_equal(resumed.robust, full.robust)
   np.testing.assert_allclose(resumed.x_adv, full.x_adv, atol=1e-6)
   other = AutoAttackSettings.for_version(0.2, "linf", "custom", attacks=("apgd-ce", "apgd-t"))
   with pytest.raises(CheckpointError, match="eps"):
     run_autoattack(logits_fn, x, y, other, batch_size=32, progress=False,
                    state_dir=str(tmp_path))
+
+
+def test_compaction_gives_identical_flags_and_examples(data_dir, monkeypatch):
+  # Compaction drops fooled points from an APGD pass at its checkpoints; the result must be
+  # bit-identical to attacking the whole chunk to the last iteration. eps 0.05 on the linear
+  # model: points fall at many different iterations and some survive both attacks.
+  logits_fn, x, y = _trained_linear_mnist(data_dir)
+  s = AutoAttackSettings.for_version(0.05, "linf", "custom", attacks=("apgd-ce", "apgd-t"),
+                                     apgd_steps=10, apgd_t_targets=1)
+  sizes = []
+  real = aa._run_compacted
+
+  def spy(segs, init, step, xb, *args):
+    def counting_step(xs, *a):
+      sizes.append(len(xs))
+      return step(xs, *a)
+    return real(segs, init, counting_step, xb, *args)
+
+  monkeypatch.setattr(aa, "_run_compacted", spy)
+  full = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False, compact=False)
+  assert not sizes
+  compacted = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False)
+  assert 0 < full.robust.sum() < (np.argmax(logits_fn(x), -1) == y).sum()
+  np.testing.assert_array_equal(compacted.robust, full.robust)
+  np.testing.assert_array_equal(compacted.x_adv, full.x_adv)
+  assert compacted.robust_accuracy == full.robust_accuracy
+  assert min(sizes) < 32                 # fooled points did leave the batch
+  assert set(sizes) <= {1, 2, 4, 8, 16, 32}
 
 
 @pytest.mark.slow
