@@ -57,20 +57,33 @@ class Preempted(Exception):  # not a JaxRobustError: nothing is wrong with the i
                      f"{EXIT_PREEMPTED})")
 
 
-class AutoAttackPreempted(Preempted):
+class StatePreempted(Preempted):
+  """A long evaluation or analysis stopped on a preemption signal after saving its progress.
+
+  Rerunning the same command resumes from the saved progress, with the result
+  of an uninterrupted run.
+
+  Attributes:
+    what: what was saved (``'AutoAttack state'``, ``'MRC sweep progress'``).
+    where: how far it got (for the message).
+    checkpoint: the file or directory holding the progress.
+    signal_name: as :class:`Preempted`.
+  """
+
+  def __init__(self, what: str, where: str, path: str, signal_name: str):  # pylint: disable=super-init-not-called
+    self.step, self.what, self.where = None, what, where
+    self.checkpoint, self.signal_name = path, signal_name
+    Exception.__init__(self, f"preempted ({signal_name}): saved the {what} ({where}) in {path} "
+                             f"and stopped; rerun the same command to resume (exit status "
+                             f"{EXIT_PREEMPTED})")
+
+
+class AutoAttackPreempted(StatePreempted):
   """An AutoAttack evaluation stopped on a preemption signal after saving its state.
 
   Rerunning the same ``python -m jaxrobust.evaluate ... --aa_state DIR``
   command resumes at the next batch; the result equals an uninterrupted run's.
-
-  Attributes:
-    where: the attack pass and the points done in it (for the message).
-    checkpoint: the state directory (``--aa_state``).
-    signal_name: as :class:`Preempted`.
   """
 
-  def __init__(self, where: str, state_dir: str, signal_name: str):  # pylint: disable=super-init-not-called
-    self.step, self.where, self.checkpoint, self.signal_name = None, where, state_dir, signal_name
-    Exception.__init__(self, f"preempted ({signal_name}): saved the AutoAttack state ({where}) "
-                             f"in {state_dir} and stopped; rerun the same command to resume "
-                             f"(exit status {EXIT_PREEMPTED})")
+  def __init__(self, where: str, state_dir: str, signal_name: str):
+    super().__init__("AutoAttack state", where, state_dir, signal_name)

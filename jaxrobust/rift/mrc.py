@@ -34,7 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -109,6 +109,11 @@ class ModuleCriticality:
     d = dataclasses.asdict(self)
     d["shape"] = list(self.shape)
     return d
+
+  @classmethod
+  def from_dict(cls, d: Mapping) -> "ModuleCriticality":
+    """The inverse of :meth:`to_dict`."""
+    return cls(**dict(d, shape=tuple(d["shape"])))
 
 
 def build_adversarial_set(model: ModelFns, params, batch_stats, dataset: ArrayDataset,
@@ -256,7 +261,9 @@ def make_group_maximizer(model: ModelFns, params, members: Sequence[Module], n: 
 
 def mrc_sweep(model: ModelFns, params, batch_stats, x_adv, y, modules: Sequence[Module],
               settings: MRCSettings = MRCSettings(), rng: jax.Array | None = None,
-              progress: bool = True) -> list[ModuleCriticality]:
+              progress: bool = True, done: Mapping[str, ModuleCriticality] | None = None,
+              on_module: Callable[[int, dict], None] | None = None
+              ) -> list[ModuleCriticality]:
   """MRC of every module in ``modules`` over the fixed adversarial set.
 
   Args:
@@ -267,6 +274,13 @@ def mrc_sweep(model: ModelFns, params, batch_stats, x_adv, y, modules: Sequence[
     settings: :class:`MRCSettings`.
     rng: PRNG key of the per-epoch shuffles (module ``j`` uses ``fold_in(rng, j)``).
     progress: show a progress bar.
+    done: results of modules computed before (a resumed sweep), by name;
+      those modules are skipped. Module ``j``'s result depends only on the
+      inputs and ``fold_in(rng, j)``, so a resumed sweep equals an
+      uninterrupted one.
+    on_module: called after each computed module with its index and the
+      results so far (``{name: ModuleCriticality}``), e.g. to save progress
+      and stop on a preemption signal (it may raise).
 
   Returns:
     One :class:`ModuleCriticality` per module, in the order of ``modules``.
@@ -290,6 +304,10 @@ def mrc_sweep(model: ModelFns, params, batch_stats, x_adv, y, modules: Sequence[
   results = {}
   bar = tqdm.tqdm(total=len(modules), desc="MRC", disable=not progress, leave=False)
   for j, m in enumerate(modules):
+    if done and m.name in done:
+      results[m.name] = done[m.name]
+      bar.update(1)
+      continue
     members = groups[m.shape]
     t0 = time.time()
     out = jax.device_get(fns[m.shape](params, batch_stats, members.index(m), x_adv, y,
@@ -300,6 +318,8 @@ def mrc_sweep(model: ModelFns, params, batch_stats, x_adv, y, modules: Sequence[
         m.name, m.shape, max_loss - base_loss, max_loss, base_loss, acc, base_acc,
         base_acc - acc, float(out["rel_norm"]), time.time() - t0)
     bar.update(1)
+    if on_module is not None:
+      on_module(j, dict(results))
   bar.close()
   return [results[m.name] for m in modules]
 

@@ -37,7 +37,7 @@ import numpy as np
 import tqdm
 
 from jaxrobust import parallel
-from jaxrobust.errors import ConfigError, DataError
+from jaxrobust.errors import ConfigError, DataError, StatePreempted
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 from jaxrobust.accuracy import (attacks_from_config, evaluate_accuracy,
                                            exact_subset, make_eval_step)
@@ -47,7 +47,7 @@ from jaxrobust.rift.config import mrc_settings, resolve_rift_config, validate_ri
 from jaxrobust.weights import interpolate, select_alpha
 from jaxrobust.rift.evaluation import evaluate_runs, make_runs_eval_step
 from jaxrobust.rift.modules import list_modules, module_regex
-from jaxrobust.rift.mrc import build_adversarial_set, least_critical, mrc_sweep
+from jaxrobust.rift.mrc import ModuleCriticality, build_adversarial_set, least_critical, mrc_sweep
 from jaxrobust.rift.ood import check_official_ood, cifar10c_dir, official_ood_sets
 from jaxrobust.rift.plots import plot_interpolation, plot_mrc
 from jaxrobust.rift.reinit import reinit_analysis
@@ -184,6 +184,8 @@ class _Run:
   val_key: jax.Array
   at_id: dict
   official_ood: str | None = None  # 'folder' / 'tfds' for eval.ood.source='official'.
+  # Polled between MRC modules: a signal name stops the sweep after saving its progress.
+  should_stop: Callable[[], str | None] | None = None
 
   @property
   def batch_size(self) -> int:
@@ -320,10 +322,22 @@ def stage_mrc(run: _Run) -> dict:
   t_adv = time.time() - t0
   _say(f"MRC: adversarial set of {len(y)} {config.mrc.split} images ({t_adv:.1f} s); "
        f"{len(modules)} modules, {len({m.shape for m in modules})} distinct kernel shapes")
+  # Progress of an interrupted sweep (same settings): its finished modules are kept.
+  partial_path = os.path.join(run.workdir, "mrc_partial.json")
+  partial = _read_stage(partial_path, key)
+  done = {d["name"]: ModuleCriticality.from_dict(d) for d in (partial or {}).get("modules", [])}
+
+  def on_module(j, results):
+    if jax.process_index() == 0:
+      _write_json(partial_path, {"key": key, "modules": [r.to_dict() for r in results.values()]})
+    if run.should_stop is not None and j < len(modules) - 1 and (sig := run.should_stop()):
+      raise StatePreempted("MRC sweep progress", f"{len(results)} of {len(modules)} modules",
+                           partial_path, sig)
+
   t0 = time.time()
   results = mrc_sweep(at.model_fns, at.params, at.batch_stats, x_adv, y, modules,
                       mrc_settings(config), jax.random.PRNGKey(config.seed + 4),
-                      progress=jax.process_index() == 0)
+                      progress=jax.process_index() == 0, done=done, on_module=on_module)
   mrc = {"key": key, "num_examples": int(len(y)), "split": config.mrc.split,
          "lossy_examples": _lossy(base),
          "base_loss": results[0].base_loss, "base_acc": results[0].base_acc,
@@ -332,6 +346,8 @@ def stage_mrc(run: _Run) -> dict:
          "seconds": {"adversarial_set": round(t_adv, 2), "sweep": round(time.time() - t0, 2)},
          "num_shapes": len({m.shape for m in modules})}
   _write_json(mrc_path, mrc)
+  if os.path.exists(partial_path) and jax.process_index() == 0:
+    os.remove(partial_path)
   return mrc
 
 
@@ -515,11 +531,16 @@ def stage_test(run: _Run, ft, chosen_alpha: float) -> tuple[dict, dict]:
   return final, test_ood
 
 
-def run_rift(config, workdir: str) -> dict:
+def run_rift(config, workdir: str, should_stop: Callable[[], str | None] | None = None) -> dict:
   """Runs RiFT per ``config`` (see :mod:`jaxrobust.rift.config`) into ``workdir``.
 
   The five stages (module docstring) run in order; each skips itself when
-  its JSON holds a result computed with the same settings.
+  its JSON holds a result computed with the same settings. ``should_stop``
+  (e.g. a :class:`jaxrobust.train.preemption.PreemptionGuard`'s signal) is
+  polled after every MRC module: a signal name saves the sweep's progress
+  (``mrc_partial.json``) and raises :class:`jaxrobust.errors.StatePreempted`;
+  rerunning resumes with the finished modules (the fine-tuning stage stops
+  and resumes through the trainer's own handling).
 
   Returns:
     The report written to ``<workdir>/report.json``.
@@ -528,6 +549,7 @@ def run_rift(config, workdir: str) -> dict:
     ConfigError, CheckpointError, DataError.
   """
   run = _prepare(config, workdir)
+  run.should_stop = should_stop
   timings = {}
   mrc = stage_mrc(run)
   timings["mrc"] = mrc["seconds"]

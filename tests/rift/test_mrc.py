@@ -124,6 +124,34 @@ def test_agrees_with_a_plain_loop_of_the_official_procedure():
                                      rel=1e-4, abs=1e-6)
 
 
+def test_an_interrupted_sweep_resumes_to_the_uninterrupted_results():
+  model, params, bs = _two_heads()
+  x, y = _data(n=20)
+  s = MRCSettings(xi=0.3, num_epochs=2, step_size=0.5, batch_size=10)
+  mods = list_modules(params)  # 'unused' and 'used' (4 leaves, 2 modules of one shape)
+  key = jax.random.PRNGKey(7)
+  full = mrc_sweep(model, params, bs, x, y, mods, s, key, progress=False)
+  saved = {}
+
+  class Stop(Exception):
+    pass
+
+  def stop_after_first(j, results):
+    saved.update(results)
+    raise Stop
+  with pytest.raises(Stop):
+    mrc_sweep(model, params, bs, x, y, mods, s, key, progress=False, on_module=stop_after_first)
+  assert list(saved) == [mods[0].name]
+  # Through the saved JSON form, as the pipeline stores it.
+  done = {n: type(r).from_dict(r.to_dict()) for n, r in saved.items()}
+  seen = []
+  resumed = mrc_sweep(model, params, bs, x, y, mods, s, key, progress=False, done=done,
+                      on_module=lambda j, results: seen.append(j))
+  assert seen == [1]  # only the second module was computed
+  assert [r.mrc for r in resumed] == [r.mrc for r in full]
+  assert [r.robust_acc for r in resumed] == [r.robust_acc for r in full]
+
+
 def test_one_compilation_per_kernel_shape():
   model, params, bs = _two_heads()
   x, y = _data()

@@ -153,3 +153,26 @@ def test_official_protocol_end_to_end(at_run, tmp_path, monkeypatch):
   assert report["finetune"]["best_step"] == sel["chosen_step"]
   md = (tmp_path / "official" / "report.md").read_text()
   assert "Protocol: official" in md and "worst run of 3 runs" in md
+
+
+def test_a_signal_during_the_mrc_sweep_saves_its_progress_and_the_rerun_resumes(at_run,
+                                                                                  tmp_path):
+  from jaxrobust.errors import StatePreempted
+  from jaxrobust.rift.pipeline import _prepare, stage_mrc
+
+  rift = load_config("cifar10_rift", "smoke")
+  rift.at_workdir = at_run
+  full = stage_mrc(_prepare(rift, str(tmp_path / "full")))
+  run = _prepare(rift, str(tmp_path / "stopped"))
+  run.should_stop = lambda: "SIGTERM"
+  with pytest.raises(StatePreempted, match=r"preempted \(SIGTERM\): saved the MRC sweep "
+                     r"progress \(1 of \d+ modules\) in .*mrc_partial\.json"):
+    stage_mrc(run)
+  partial = json.loads((tmp_path / "stopped" / "mrc_partial.json").read_text())
+  assert len(partial["modules"]) == 1 and not (tmp_path / "stopped" / "mrc.json").exists()
+  run.should_stop = lambda: None
+  resumed = stage_mrc(run)
+  strip = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+  assert strip(resumed["modules"]) == strip(full["modules"])
+  assert resumed["least_critical"] == full["least_critical"]
+  assert not (tmp_path / "stopped" / "mrc_partial.json").exists()
