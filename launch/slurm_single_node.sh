@@ -8,7 +8,9 @@
 #   launch/slurm_single_node.sh stop DIR
 #
 # `start` writes DIR/slurm.conf (one node with this machine's CPUs, one
-# partition, requeue allowed), starts munged, slurmctld and slurmd as the
+# partition, requeue allowed; job credentials expire after 10 s, so a requeued
+# job starts again after ~10 s instead of Slurm's default 120 s), starts
+# munged, slurmctld and slurmd as the
 # current user, and waits until the node is idle. It prints the line to source
 # for the client commands:   export SLURM_CONF=DIR/slurm.conf
 # Daemons run without systemd; `stop` kills them. Needs root for munged's key
@@ -48,7 +50,7 @@ SlurmctldHost=$host
 SlurmUser=$user
 SlurmdUser=root
 AuthType=auth/munge
-AuthInfo=socket=$dir/munge/munge.socket
+AuthInfo=socket=$dir/munge/munge.socket,cred_expire=10
 CredType=cred/munge
 StateSaveLocation=$dir/state
 SlurmdSpoolDir=$dir/spool
