@@ -46,7 +46,7 @@ case "$cmd" in
     user=$(id -un)
     cat > "$dir/slurm.conf" <<EOF
 ClusterName=jaxrobust-local
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=$user
 SlurmdUser=root
 AuthType=auth/munge
@@ -76,7 +76,7 @@ InactiveLimit=0
 MinJobAge=3600
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=local Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=FORCE:4
 EOF
     export SLURM_CONF="$dir/slurm.conf"
