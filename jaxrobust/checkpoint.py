@@ -41,6 +41,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxrobust.errors import CheckpointError
+from jaxrobust.parallel import host_array
 
 log = logging.getLogger("jaxrobust")
 
@@ -121,14 +122,7 @@ def _some(names, k: int = 3) -> str:
   return ", ".join(names[:k]) + (f", ... ({len(names) - k} more)" if len(names) > k else "")
 
 
-def _to_host(x) -> np.ndarray:
-  """A leaf as a host numpy array; works for sharded and multi-process ``jax.Array``s."""
-  if isinstance(x, jax.Array) and not x.is_fully_addressable:
-    if x.is_fully_replicated:
-      return np.asarray(x.addressable_data(0))
-    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
-  return np.asarray(jax.device_get(x))
+_to_host = host_array  # a leaf as a host numpy array (sharded and multi-process arrays too)
 
 
 def host_leaves(tree) -> list[tuple[str, np.ndarray]]:

@@ -99,6 +99,32 @@ def global_batch(local_batch: dict, mesh: Mesh) -> dict:
       local_batch)
 
 
+def shard_rows(a, mesh: Mesh) -> jax.Array:
+  """A host array held whole (and identical) by every process, as a global ``jax.Array``.
+
+  Sharded on its leading axis by :func:`data_sharding`; each process places only
+  the rows of its own devices, so this works on one process and on many (where
+  ``jax.device_put`` of a host array cannot address the other hosts' devices).
+  The leading axis must be a multiple of the mesh size.
+  """
+  a = np.asarray(a)
+  return jax.make_array_from_callback(a.shape, data_sharding(mesh), lambda idx: a[idx])
+
+
+def host_array(x) -> np.ndarray:
+  """``x`` as a host NumPy array, gathered from every process when it is sharded across them.
+
+  Every process must call this for the same array (a multi-process gather is a
+  collective).
+  """
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    if x.is_fully_replicated:
+      return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(jax.device_get(x))
+
+
 def replicate(tree, mesh: Mesh):
   """Places every leaf of ``tree`` on all mesh devices (:func:`replicated`); same structure."""
   return jax.device_put(tree, replicated(mesh))

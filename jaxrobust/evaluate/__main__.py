@@ -158,7 +158,8 @@ def main(argv):
     checks = itertools.count()
     stop = ((lambda: guard.signal_name if guard.should_stop(next(checks)) else None)
             if _AA_STATE.value else None)
-    report.update(evaluate_names(trained, test, names, eps, norm, verbose=True,
+    report.update(evaluate_names(trained, test, names, eps, norm,
+                                 verbose=jax.process_index() == 0,
                                  save_adv=_SAVE_ADV.value, should_stop=stop, **opts))
   out = _OUT.value or os.path.join(workdir, f"eval_{which}.json")
   if _CURVE_EPS.value:

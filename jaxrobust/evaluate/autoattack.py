@@ -70,7 +70,7 @@ import tqdm
 from jaxrobust.attacks import (attack_names, call_logits, dlr_loss, get_attack, is_stochastic,
                                model_key, resolve_attack_name)
 from jaxrobust.errors import AutoAttackPreempted, CheckpointError, ConfigError
-from jaxrobust.parallel import check_batch_size, data_sharding, replicated
+from jaxrobust.parallel import check_batch_size, data_sharding, host_array, replicated, shard_rows
 from jaxrobust.types import AnyLogitsFn
 
 VERSIONS = {
@@ -410,16 +410,18 @@ def _tree_take(tree, rows):
   return jax.tree_util.tree_map(lambda a: a[rows], tree)
 
 
-def _run_compacted(segs, init, step, xb, yb, key, sub, n_real, batch_size, n_dev):
+def _run_compacted(segs, init, step, xb, yb, key, sub, n_real, batch_size, n_dev, put):
   """One pass of a segmented attack on a padded chunk, dropping finished rows between segments.
 
   The rows not yet done are gathered and padded to :func:`padded_size` rows
   (a few fixed sizes, each compiled once) before every segment; a done row's
   result is final (:class:`~jaxrobust.attacks.registry.AttackSegments`), so the
   adversarial examples equal those of the whole chunk run through every segment.
-  Returns ``x_adv`` of the ``n_real`` real rows (numpy).
+  ``put`` places a host array of rows on the mesh. Returns ``x_adv`` of the
+  ``n_real`` real rows (numpy).
   """
-  state = jax.tree_util.tree_map(np.array, init(xb, yb, key, sub))
+  state = jax.tree_util.tree_map(lambda a: np.array(host_array(a)),
+                                 init(put(xb), put(yb), key, sub))
   live = np.arange(len(xb)) < n_real
   live &= ~np.asarray(segs.done(state))
   for seg in range(segs.count):
@@ -428,13 +430,14 @@ def _run_compacted(segs, init, step, xb, yb, key, sub, n_real, batch_size, n_dev
       break
     size = padded_size(len(act), batch_size, n_dev)
     rows = np.concatenate([act, np.full(size - len(act), act[0])])
-    new = step(xb[rows], yb[rows], key, sub, _tree_take(state, rows), jnp.int32(seg))
-    new = jax.tree_util.tree_map(lambda a: np.asarray(a)[: len(act)], new)
+    new = step(put(xb[rows]), put(yb[rows]), key, sub,
+               jax.tree_util.tree_map(put, _tree_take(state, rows)), jnp.int32(seg))
+    new = jax.tree_util.tree_map(lambda a: host_array(a)[: len(act)], new)
 
-    def put(full, part):
+    def update(full, part):
       full[act] = part
       return full
-    state = jax.tree_util.tree_map(put, state, new)
+    state = jax.tree_util.tree_map(update, state, new)
     live[act] &= ~np.asarray(segs.done(new))
   return np.asarray(segs.result(state))[:n_real]
 
@@ -458,7 +461,12 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
     batch_size: attack batch (sharded over ``mesh``'s ``data`` axis); a
       shorter chunk of still-robust points is padded only to
       :func:`padded_size` rows.
-    mesh: a ``('data',)`` mesh; None = a single device.
+    mesh: a ``('data',)`` mesh; None = a single device. The mesh may span
+      several processes (``jax.distributed``): every process then passes the
+      same ``x`` and ``y`` and runs this function; each device attacks its
+      rows of every batch and the results are gathered, so every process
+      returns the same result as one process with the same mesh size.
+      Only process 0 writes ``state_dir``.
     seed: base seed; attack ``a``'s pass ``p`` on chunk ``c`` uses
       ``fold_in(fold_in(fold_in(key(seed), a), p), c)``.
     state_dir: when given, the state (robust flags, adversarial examples,
@@ -498,10 +506,16 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
     check_batch_size(batch_size, mesh, "AutoAttack batch size")
     rep, dat = replicated(mesh), data_sharding(mesh)
     jit = lambda f: jax.jit(f, in_shardings=(dat, dat, rep, rep), out_shardings=dat)
+    put = lambda a: shard_rows(a, mesh)
   else:
     jit = jax.jit
+    put = lambda a: a
+  writer = jax.process_index() == 0
 
-  predict = jax.jit(lambda xb, k: jnp.argmax(call_logits(logits_fn, xb, k), -1))
+  predict_fn = jax.jit(lambda xb, k: jnp.argmax(call_logits(logits_fn, xb, k), -1),
+                       **({} if mesh is None else dict(in_shardings=(dat, rep),
+                                                       out_shardings=dat)))
+  predict = lambda xb, k: host_array(predict_fn(put(xb), k))
   key = jax.random.PRNGKey(seed)
   # Model keys of the cascade's own forward passes (clean and post-attack predictions,
   # checks); the attacks derive theirs from their own keys.
@@ -551,16 +565,11 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
     run = jit(lambda xb, yb, k, sub, fn=fn: fn(logits_fn, k, xb, yb, sub))
     segs = _segmented(name, settings) if compact and not is_stochastic(logits_fn) else None
     if segs is not None:
-      if mesh is not None:
-        seg_init = jax.jit(lambda xb, yb, k, sub, g=segs: g.init(logits_fn, k, xb, yb, sub),
-                           in_shardings=(dat, dat, rep, rep), out_shardings=dat)
-        seg_step = jax.jit(lambda xb, yb, k, sub, st, j, g=segs: g.step(logits_fn, k, xb, yb,
-                                                                        sub, st, j),
-                           in_shardings=(dat, dat, rep, rep, dat, rep), out_shardings=dat)
-      else:
-        seg_init = jax.jit(lambda xb, yb, k, sub, g=segs: g.init(logits_fn, k, xb, yb, sub))
-        seg_step = jax.jit(lambda xb, yb, k, sub, st, j, g=segs: g.step(logits_fn, k, xb, yb,
-                                                                        sub, st, j))
+      seg_init = jit(lambda xb, yb, k, sub, g=segs: g.init(logits_fn, k, xb, yb, sub))
+      step_fn = lambda xb, yb, k, sub, st, j, g=segs: g.step(logits_fn, k, xb, yb, sub, st, j)
+      seg_step = (jax.jit(step_fn) if mesh is None else
+                  jax.jit(step_fn, in_shardings=(dat, dat, rep, rep, dat, rep),
+                          out_shardings=dat))
     t0 = time.time()
     n_sub = _sub_runs(name, settings)
     for sub in range(n_sub):
@@ -581,12 +590,12 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
           continue
         k = jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, a_i), sub), c)
         if segs is None:
-          adv = np.asarray(run(x[pad], y[pad], k, jnp.int32(sub)))[: len(chunk)]
+          adv = host_array(run(put(x[pad]), put(y[pad]), k, jnp.int32(sub)))[: len(chunk)]
         else:
           adv = _run_compacted(segs, seg_init, seg_step, x[pad], y[pad], k, jnp.int32(sub),
-                               len(chunk), batch_size, n_dev)
-        pred = np.asarray(predict(np.concatenate([adv, x[pad][len(chunk):]]),
-                                  model_key(pred_key, 3, a_i, sub, c)))[: len(chunk)]
+                               len(chunk), batch_size, n_dev, put)
+        pred = predict(np.concatenate([adv, x[pad][len(chunk):]]),
+                       model_key(pred_key, 3, a_i, sub, c))[: len(chunk)]
         broken = pred != y[chunk]
         robust[chunk[broken]] = False
         x_adv[chunk[broken]] = adv[broken]
@@ -594,7 +603,8 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
         if state_dir and should_stop is not None and not last and (sig := should_stop()):
           meta["partial"] = {"tag": tag, "idx": idx.tolist(), "next_chunk": c + 1}
           meta["seconds"][name] = meta["seconds"].get(name, 0.0) + time.time() - t0
-          _save_state(state_dir, meta, robust, x_adv)
+          if writer:
+            _save_state(state_dir, meta, robust, x_adv)
           done = min(len(idx), (c + 1) * batch_size)
           raise AutoAttackPreempted(f"{name} pass {sub + 1}/{n_sub}, {done} of {len(idx)} "
                                     f"points", state_dir, sig)
@@ -604,7 +614,8 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
       t0 = time.time()
       meta["robust_accuracy"][name] = float(robust.mean())
       if state_dir:
-        _save_state(state_dir, meta, robust, x_adv)
+        if writer:
+          _save_state(state_dir, meta, robust, x_adv)
         finished = a_i == len(settings.attacks) - 1 and sub == n_sub - 1
         if should_stop is not None and not finished and (sig := should_stop()):
           raise AutoAttackPreempted(f"{name} pass {sub + 1}/{n_sub} done", state_dir, sig)

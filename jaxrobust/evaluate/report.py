@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+import jax
 import numpy as np
 
 from jaxrobust.data import ArrayDataset
@@ -105,7 +106,7 @@ def evaluate_names(trained, test: ArrayDataset, names, eps, norm, *, batch_size,
         print(f"{'AA ' + k:>14s}: {100 * v:6.2f} %" + (f"   ({t:.1f} s)" if t else ""))
       print(f"{name:>14s}: {100 * out['accuracy'][name]:6.2f} %   "
             f"({out['seconds'][name]:.1f} s)", flush=True)
-    if save_adv:
+    if save_adv and jax.process_index() == 0:
       np.savez_compressed(save_adv, x_adv=res.x_adv, robust=res.robust, labels=test.labels)
   return out
 
