@@ -141,8 +141,10 @@ def train_settings(config) -> dict:
     if key.startswith(("method.", "eval.val_attack.", "eval.test_attack.")):
       del rest[key]
   m = config.method
+  # The method itself; config.train.attack_bn_updates (in `config`) says whether its
+  # train-view attack passes also update the BatchNorm running averages.
   method = method_from_config(m, steps_per_epoch=STEPS_PER_EPOCH,
-                              weight_decay=config.train.weight_decay)
+                              weight_decay=config.train.weight_decay, attack_bn_updates="none")
   msettings = method_settings(method)
   msettings["num_teachers"] = num_teachers(m)
   for key in sorted(m.keys()):

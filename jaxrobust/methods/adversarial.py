@@ -5,13 +5,13 @@ against the current weights (no gradient through x_adv).
 
 BatchNorm of the attack (``attack_bn``): ``'train'`` (batch statistics, the
 official Madry and Rice et al. / AWP code) or ``'eval'`` (running averages).
-Running averages: by default attack passes never update them (PyTorch's
-train-mode attack updates them on every attack step); only the final training
-forward pass on ``x_adv`` does. ``config.train.attack_bn_updates='official'``
-replays PyTorch's sequence (:class:`jaxrobust.methods.base.AttackBNUpdates`):
+Running averages: PyTorch's train-mode attack updates them on every attack
+pass, and ``config.train.attack_bn_updates='official'`` (the default) replays
+that sequence (:class:`jaxrobust.methods.base.AttackBNUpdates`):
 PGD-AT's ``num_steps`` attack passes, ``attack_pgd``'s final pass on ``x_adv``
 and the training pass (Rice et al. / AT-AWP); FGSM-AT's one attack pass and
-the training pass (``fast_adversarial:train_fgsm.py``).
+the training pass (``fast_adversarial:train_fgsm.py``). With ``'none'`` only
+the final training forward pass on ``x_adv`` updates them.
 
 Sources: Madry et al. 2018 (``MadryLab/cifar10_challenge:train.py``); Rice et
 al. 2020 / ``csdongxian/AWP:AT_AWP/train_cifar10.py`` (METHODS 2.1); Wong et

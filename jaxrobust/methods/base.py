@@ -21,8 +21,8 @@ BatchNorm running averages: by default attack passes never update them (see
 passes uses :func:`train_passes` and :func:`replay_bn_updates` to apply the
 official code's exact sequence of running-average updates (e.g. TRADES's
 clean, adversarial, clean) without re-running passes whose input repeats.
-With ``config.train.attack_bn_updates='official'`` a method whose attack runs
-in the train view is wrapped in :class:`AttackBNUpdates`: every forward pass
+With ``config.train.attack_bn_updates='official'`` (the default) a method whose
+attack runs in the train view is wrapped in :class:`AttackBNUpdates`: every forward pass
 of the attack updates the running averages first, in order, as PyTorch's
 train-mode attack does (:func:`attack_bn_updates`).
 """
@@ -193,7 +193,9 @@ def attack_bn_updates(attack: Callable, model: ModelFns, params, batch_stats, x,
   def one_pass(stats, x_pass):
     return model.apply(params, stats, x_pass, train=True)[1], None
 
-  new_stats, _ = jax.lax.scan(one_pass, batch_stats, trace)
+  # Unrolled: on XLA:CPU a convolution inside a loop body misses the fast path (a rolled
+  # scan doubled the FGSM-AT step).
+  new_stats, _ = jax.lax.scan(one_pass, batch_stats, trace, unroll=True)
   return x_adv, new_stats
 
 
@@ -220,6 +222,12 @@ class AttackBNUpdates:
   @property
   def name(self) -> str:
     return self.base.name
+
+  def __getattr__(self, attr):
+    """The base method's settings (``temperature``, ``gamma``, ...) read through the wrapper."""
+    if attr == "base" or attr.startswith("__"):
+      raise AttributeError(attr)
+    return getattr(self.base, attr)
 
   def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
     """``(x_adv, batch_stats)``: ``base``'s ``x_adv`` and the running averages after it."""

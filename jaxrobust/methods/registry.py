@@ -73,7 +73,7 @@ class BuildContext:
   teachers: tuple = ()
   weight_decay: float = 0.0
   method: str = ""
-  attack_bn_updates: str = "none"
+  attack_bn_updates: str = "official"
 
   def attack_passes_update_bn(self, method, extra_passes: int = 0):
     """``method``, wrapped so that its train-view attack passes update BatchNorm running averages.
@@ -314,7 +314,7 @@ def method_config(name: str, **overrides) -> ml_collections.ConfigDict:
 
 
 def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
-                       weight_decay: float = 0.0, attack_bn_updates: str = "none"):
+                       weight_decay: float = 0.0, attack_bn_updates: str = "official"):
   """Builds the training method named ``cfg['name']`` from ``config.method``.
 
   Args:
@@ -329,10 +329,11 @@ def method_from_config(cfg, *, steps_per_epoch: int | None = None, teachers=(),
       that raises when used (for validation).
     weight_decay: the trainer's coupled weight decay (AWP applies it at the
       perturbed point, as PyTorch does).
-    attack_bn_updates: ``config.train.attack_bn_updates``: ``'none'`` (attack
-      passes leave the BatchNorm running averages alone) or ``'official'``
-      (those of a train-view attack update them, as PyTorch;
-      :class:`BuildContext.attack_passes_update_bn`).
+    attack_bn_updates: ``config.train.attack_bn_updates``: ``'official'``
+      (the default: the passes of a train-view attack update the BatchNorm
+      running averages, as PyTorch's train mode in the official code;
+      :class:`BuildContext.attack_passes_update_bn`) or ``'none'`` (attack
+      passes leave them alone).
 
   Returns:
     The method (``perturb`` / ``loss``; see :mod:`jaxrobust.methods.base`).

@@ -127,9 +127,10 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # attack), or 'none' (the raw model's running averages: what forgetting it gives).
   c.train.swa_bn = "recompute_clean"
   # BatchNorm running averages during train-view attacks (pgd_at, fgsm_at, AT-AWP, ARD, IAD):
-  # 'none' (only the training passes update them) or 'official' (every attack pass updates
-  # them too, in order, as PyTorch's train mode; jaxrobust.methods.AttackBNUpdates).
-  c.train.attack_bn_updates = "none"
+  # 'official' (every attack pass updates them too, in order, as PyTorch's train mode in
+  # the official code; jaxrobust.methods.AttackBNUpdates) or 'none' (only the training
+  # passes update them). Eval-view attacks (TRADES, MART, RSLAD) update nothing either way.
+  c.train.attack_bn_updates = "official"
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
   c.train.keep_checkpoints = 2

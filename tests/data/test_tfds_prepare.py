@@ -30,6 +30,7 @@ from . import tfds_archives
 tfds = pytest.importorskip("tensorflow_datasets")
 REPO = pathlib.Path(__file__).resolve().parents[2]
 RUNNER = REPO / "tests" / "data" / "tfds_mirror_run.py"
+MNIST_EXAMPLES = (300, 100)  # (train, test) images served to TFDS's mnist builder.
 
 
 def _need_tensorflow():
@@ -44,7 +45,8 @@ def _need_tensorflow():
 
 def _run(base, checksums_dir, *args, timeout=400):
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(
+  env.update(JAX_PLATFORMS="cpu", MIRROR_MNIST_EXAMPLES=",".join(map(str, MNIST_EXAMPLES)),
+             PYTHONPATH=os.pathsep.join(
       [str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
   return subprocess.run([sys.executable, str(RUNNER), base, str(checksums_dir), *args],
                         cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
@@ -61,10 +63,9 @@ def _slices(name, data_dir):
   def load(split, n):
     with np.load(data_dir / f"{name}_{split}.npz") as f:
       return f["images"][:n], f["labels"][:n]
-  if name == "cifar10":  # 300 train (>= 10 per class for smoke's 100 validation images),
-    return load("train", 300), load("test", 100)  # and the exact test[:100].
-  # TFDS's mnist builder reads exactly 60,000 / 10,000 images: the whole bundled set.
-  return load("train", None), load("test", None)
+  # 300 train (>= 10 per class for smoke's 100 validation images) and the first 100 test
+  # images; TFDS's mnist builder is told to read that many (MNIST_EXAMPLES).
+  return load("train", MNIST_EXAMPLES[0]), load("test", MNIST_EXAMPLES[1])
 
 
 def _write_archives(name, folder, train, test) -> dict[str, pathlib.Path]:

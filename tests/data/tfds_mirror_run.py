@@ -10,7 +10,12 @@ checksums are registered from ``CHECKSUMS_DIR`` with ``tfds.core.download.add_ch
 (TFDS's way for datasets whose URLs are not in its own checksum files), before any download
 manager exists. Everything else -- download, checksum verification, extraction, preparation,
 reading -- is TFDS's own code, driven by ``MODULE`` (e.g. ``jaxrobust.train``).
+
+``MIRROR_MNIST_EXAMPLES=TRAIN,TEST`` sets how many images TFDS's mnist builder reads from
+the archives (its module constants, 60,000 and 10,000 by default), so a test can serve the
+first images only.
 """
+import os
 import runpy
 import sys
 
@@ -24,6 +29,9 @@ def main():
 
   tfds.core.download.add_checksums_dir(checksums_dir)
   mnist.MNIST.URL = f"{base}/mnist/"
+  if os.environ.get("MIRROR_MNIST_EXAMPLES"):
+    n_train, n_test = (int(n) for n in os.environ["MIRROR_MNIST_EXAMPLES"].split(","))
+    mnist._TRAIN_EXAMPLES, mnist._TEST_EXAMPLES = n_train, n_test  # pylint: disable=protected-access
   imagenette_dataset_builder._URL_PREFIX = f"{base}/"  # pylint: disable=protected-access
   official = cifar.Cifar10._cifar_info  # pylint: disable=protected-access
   cifar.Cifar10._cifar_info = property(  # pylint: disable=protected-access

@@ -17,6 +17,9 @@ from jaxrobust.train import (create_train_state, default_config, make_optimizer,
                              resolve_config)
 from jaxrobust.train.state import split_model
 
+# The methods' own passes: the attack passes' BatchNorm updates (the trainer's default,
+# 'official') are tested in tests/train/test_attack_bn_updates.py.
+OWN_PASSES = dict(attack_bn_updates="none")
 PGD = dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=2)
 KL = dict(PGD, loss="kl", random_start="normal")
 MODEL = "simple_cnn_tiny"  # conv-BN-ReLU x 2, linear: BN and kernels of both kinds.
@@ -150,7 +153,7 @@ def test_awp_perturbation_has_the_relative_norm_on_kernels_only(base):
   fns, params, bs = _setup()
   x, y = _batch()
   cfg = dict(name="awp", awp_base=base, attack=KL if base == "trades" else PGD)
-  method = method_from_config(cfg)
+  method = method_from_config(cfg, **OWN_PASSES)
   gamma = 0.005 if base == "trades" else 0.01
   assert method.gamma == gamma
   x_adv, v = method.perturb(fns, params, bs, x, y, jax.random.PRNGKey(0))
@@ -186,7 +189,8 @@ def test_awp_step_is_the_gradient_at_the_perturbed_point_applied_to_w(weight_dec
   graphdef = fns.graphdef
   lr = 0.1
   tx = optax.chain(optax.add_decayed_weights(weight_decay), optax.sgd(lr))
-  method = method_from_config(dict(name="awp", attack=PGD), weight_decay=weight_decay)
+  method = method_from_config(dict(name="awp", attack=PGD), weight_decay=weight_decay,
+                              **OWN_PASSES)
   _, state = create_train_state(create_model(MODEL, seed=0), tx, seed=0)
   new_state, _ = jax.jit(make_train_step(ModelFns(graphdef), method, tx))(
       state, {"image": (x * 255).astype(jnp.uint8), "label": y})
@@ -257,7 +261,7 @@ def test_teacher_receives_no_gradient_and_runs_in_eval_mode(name):
 def test_distillation_without_teacher_fails_clearly():
   fns, params, bs = _setup()
   x, y = _batch()
-  method = method_from_config(dict(name="ard_distill", attack=PGD))
+  method = method_from_config(dict(name="ard_distill", attack=PGD), **OWN_PASSES)
   with pytest.raises(ValueError, match="no teacher"):
     method.loss(params, bs, fns, x, y, x, jax.random.PRNGKey(0))
 
@@ -267,7 +271,8 @@ def test_ard_official_passes_and_alpha_one():
   tfns, frozen = _teacher()
   x, y = _batch()
   x_adv = jnp.clip(x - 0.02, 0, 1)
-  method = method_from_config(dict(name="ard_distill", attack=PGD), teachers=(tfns,))
+  method = method_from_config(dict(name="ard_distill", attack=PGD), teachers=(tfns,),
+                              **OWN_PASSES)
   assert (method.temperature, method.alpha, method.kl_reduction) == (30.0, 1.0, "mean")
   _, (new_bs, m) = method.loss(params, bs, fns, x, y, x_adv, jax.random.PRNGKey(0),
                                frozen=frozen)
@@ -275,7 +280,7 @@ def test_ard_official_passes_and_alpha_one():
   _, b2 = fns.apply(params, b1, x, train=True)  # the (1 - alpha) CE pass runs anyway
   _close(new_bs, b2, rtol=1e-5, atol=1e-6)
   once = method_from_config(dict(name="ard_distill", attack=PGD, bn_updates="once"),
-                            teachers=(tfns,))
+                            teachers=(tfns,), **OWN_PASSES)
   _, (bs_once, m_once) = once.loss(params, bs, fns, x, y, x_adv, jax.random.PRNGKey(0),
                                    frozen=frozen)
   _close(bs_once, b1, rtol=1e-5, atol=1e-6)
@@ -293,7 +298,8 @@ def test_iad_begin_switches_loss_and_bn_sequence(two):
   x_adv = jnp.clip(x + 0.02, 0, 1)
   cfg = dict(name="iad", attack=PGD, iad_begin_epochs=2, teacher2_workdir="n" if two else "")
   assert num_teachers(cfg) == (2 if two else 1)
-  method = method_from_config(cfg, steps_per_epoch=5, teachers=(tfns, nfns)[:1 + two])
+  method = method_from_config(cfg, steps_per_epoch=5, teachers=(tfns, nfns)[:1 + two],
+                              **OWN_PASSES)
   assert method.begin_step == 10
   key = jax.random.PRNGKey(0)
   logits, _ = train_passes(fns, params, bs, {"adv": x_adv, "clean": x}, key)
@@ -318,7 +324,7 @@ def test_iad_begin_switches_loss_and_bn_sequence(two):
     for inp in seq:
       _, ref = fns.apply(params, ref, inp, train=True)
     _close(new_bs, ref, rtol=1e-5, atol=1e-6)
-  unresolved = method_from_config(cfg, teachers=(tfns, nfns)[:1 + two])
+  unresolved = method_from_config(cfg, teachers=(tfns, nfns)[:1 + two], **OWN_PASSES)
   with pytest.raises(ValueError, match="steps_per_epoch"):
     unresolved.loss(params, bs, fns, x, y, x_adv, key, frozen=frozen, step=jnp.int32(0))
 

@@ -94,8 +94,9 @@ def test_train_step_running_averages_follow_the_official_pass_sequence(name, att
   for a, b in zip(jax.tree.leaves(new_state.batch_stats), jax.tree.leaves(want)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=1e-6)
 
-  # The same x_adv as the default ('none'), whose running averages see the loss pass only.
-  plain = method_from_config(cfg)
+  # The same x_adv as with 'none' (the option), whose running averages see the loss pass only.
+  assert isinstance(method_from_config(cfg), AttackBNUpdates)  # 'official' is the default.
+  plain = method_from_config(cfg, attack_bn_updates="none")
   assert not isinstance(plain, AttackBNUpdates)
   np.testing.assert_array_equal(
       x_adv, plain.perturb(fns, state.params, state.batch_stats, to_float(batch["image"]),

@@ -1,4 +1,8 @@
-"""BatchNorm policy: attack passes never update running statistics."""
+"""BatchNorm policy with ``attack_bn_updates='none'``: attack passes never update running statistics.
+
+The default (``'official'``: PyTorch's per-pass updates in a train-mode attack) is tested in
+``test_attack_bn_updates.py``; an eval-view attack updates nothing under either.
+"""
 import jax
 import numpy as np
 import pytest
@@ -16,7 +20,7 @@ def test_running_stats_updated_once_by_the_training_forward_pass(attack_bn):
   fns = ModelFns(graphdef)
   method = method_from_config(dict(
       name="pgd_at", attack=dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=3),
-      attack_bn=attack_bn))
+      attack_bn=attack_bn), attack_bn_updates="none")
   rng = np.random.default_rng(0)
   batch = {"image": rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8),
            "label": rng.integers(0, 10, 8).astype(np.int32)}
@@ -32,6 +36,11 @@ def test_running_stats_updated_once_by_the_training_forward_pass(attack_bn):
   # And they did change (the training pass updates them).
   assert not np.allclose(jax.tree.leaves(new_state.batch_stats)[0],
                          jax.tree.leaves(state.batch_stats)[0])
+  if attack_bn == "eval":  # the default builds the same method: eval-view passes update nothing.
+    default = method_from_config(dict(
+        name="pgd_at", attack=dict(name="pgd", eps=8 / 255, step_size=2 / 255, num_steps=3),
+        attack_bn=attack_bn))
+    assert type(default) is type(method)
 
 
 def test_eval_view_attack_is_batch_independent_and_train_view_is_not():

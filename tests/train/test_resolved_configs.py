@@ -11,7 +11,9 @@ Deliberate changes to follow the official code, edited into the JSON by hand (ea
 ``data.pad_mode`` is ``'reflect'`` for PGD-AT and AT-AWP (Rice et al. / ``csdongxian/AWP:
 AT_AWP/utils.py`` pad the training set with reflection), zeros for every other method; the
 PGD training attack of PGD-AT and AT-AWP starts from ``random_start='uniform_radius'``
-(``attack_pgd``: the same U(-eps, eps) start for L-inf, radius U(0, 1) eps for L2).
+(``attack_pgd``: the same U(-eps, eps) start for L-inf, radius U(0, 1) eps for L2);
+``train.attack_bn_updates`` is ``'official'``: the passes of a train-mode attack update the
+BatchNorm running averages, as PyTorch's train mode does in the official code.
 Configs added later (``cifar10_vit_pgd_at``) were pinned by today's code (their entries
 have ``config.eps``) and must match key for key.
 """
@@ -35,8 +37,10 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   "config.train.swa_lr": 0.05, "config.train.swa_bn": "recompute_clean",
                   # No auxiliary heads: the model is unchanged.
                   "config.model.aux_heads": [],
-                  # Attack passes leave BatchNorm alone unless 'official' is asked for.
-                  "config.train.attack_bn_updates": "none"}
+                  # Deliberate change: train-view attack passes update the BatchNorm
+                  # running averages as in the official PyTorch code (tested in
+                  # test_attack_bn_updates.py); 'none' is the earlier behaviour.
+                  "config.train.attack_bn_updates": "official"}
 # Keys added with RiFT's two protocols; these values are the validation protocol's previous
 # behaviour (one test run, exact test images only, OOD files from the default place).
 NEW_RIFT_KEYS = {"config.protocol": "validation", "config.eval.test_runs": 1,
