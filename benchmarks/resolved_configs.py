@@ -63,6 +63,9 @@ VARIANTS = {
                            "model=vit_small_patch16_224", "local,eps_warmup=2",
                            "local,mixup=false", "objective=trades", "objective=mart",
                            "local,objective=trades", "smoke,objective=mart"],
+    "cifar10_vit_recipe": ["", "local", "smoke", "model=deit_s", "model=vit_small_patch16_224"],
+    "imagenette_vit_recipe": ["", "local", "smoke", "model=swin_t", "local,model=swin_t"],
+    "imagenet_vit_recipe": ["", "local", "smoke", "model=swin_b"],
 }
 STEPS_PER_EPOCH = 100  # resolves epoch settings (AWP warm-up, IAD begin) to steps.
 _SKIP_FIELDS = ("attack", "teacher", "natural_teacher")

@@ -43,6 +43,9 @@ DATASETS: dict[str, DatasetInfo] = {
     "mnist": DatasetInfo("mnist", (28, 28, 1), 10),
     "svhn_cropped": DatasetInfo("svhn_cropped", (32, 32, 3), 10),
     "imagenette": DatasetInfo("imagenette", None, 10),
+    # TFDS imagenet2012 (ILSVRC-2012, 1000 classes, images of varying size): TFDS prepares it
+    # only from the archives downloaded by hand into its manual_dir.
+    "imagenet2012": DatasetInfo("imagenet2012", None, 1000),
 }
 
 # name -> K, derived from DATASETS (kept importable as jaxrobust.data.NUM_CLASSES).

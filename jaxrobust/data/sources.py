@@ -30,9 +30,9 @@ from jaxrobust.errors import DataError
 
 ENV_DATA_DIR = "JAXROBUST_DATA_DIR"
 NUMPY_DATASETS = ("cifar10", "mnist")  # bundled in ../shared/data.
-TFDS_DATASETS = ("cifar10", "cifar100", "mnist", "svhn_cropped", "imagenette")
+TFDS_DATASETS = ("cifar10", "cifar100", "mnist", "svhn_cropped", "imagenette", "imagenet2012")
 # Our split name -> the TFDS split, for sets that name theirs differently.
-TFDS_SPLITS = {"imagenette": {"test": "validation"}}
+TFDS_SPLITS = {"imagenette": {"test": "validation"}, "imagenet2012": {"test": "validation"}}
 
 
 @dataclasses.dataclass(frozen=True)

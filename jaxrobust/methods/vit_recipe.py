@@ -160,7 +160,9 @@ def attention_random_drop_logits_fn(model: ModelFns, params, batch_stats, keep_p
   if bn not in BN_VIEWS:
     raise ValueError(f"unknown BatchNorm mode {bn!r}; use 'eval' or 'train'")
   probe = nnx.merge(model.graphdef, params, batch_stats, copy=True)
-  depth = getattr(getattr(probe, "Transformer", None), "depth", None)
+  depth = getattr(probe, "num_attention_blocks", None)  # Swin: blocks over all stages.
+  if depth is None:
+    depth = getattr(getattr(probe, "Transformer", None), "depth", None)
   if depth is None:
     raise ConfigError(f"attention_random_drop needs a Vision Transformer (a model with "
                       f"attention blocks), got {type(probe).__name__}; set "
@@ -287,10 +289,13 @@ def _check_prm_patch(model: ModelFns, params, batch_stats, patch_size) -> None:
   """PRM's mask grid must be the ViT's patch grid (a ConfigError at trace time otherwise)."""
   probe = nnx.merge(model.graphdef, params, batch_stats, copy=True)
   own = getattr(probe, "patch_size", None)
+  # A Swin accepts the token grid of any of its stages (Mo et al.: patch 16 on a patch-4 Swin).
+  allowed = getattr(probe, "prm_patch_sizes", None) or ([tuple(own)] if own is not None else [])
   pair = (patch_size, patch_size) if isinstance(patch_size, int) else tuple(patch_size)
-  if own is not None and tuple(own) != tuple(int(p) for p in pair):
+  if allowed and tuple(int(p) for p in pair) not in [tuple(a) for a in allowed]:
     raise ConfigError(f"config.method.attack.patch_size={patch_size} masks another grid than "
-                      f"the ViT's {tuple(own)} patches; set it to the model's patch size")
+                      f"the model's patches {[tuple(a) for a in allowed]}; set it to the "
+                      f"model's patch size")
 
 
 def scheduled_attack(settings, ctx, **kw) -> tuple[Callable, float]:

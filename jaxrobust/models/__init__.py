@@ -31,12 +31,13 @@ from flax import nnx
 
 from jaxrobust.errors import ConfigError
 from jaxrobust.models.functional import ModelFns
-from jaxrobust.models.layers import (CIFAR10_MEAN, CIFAR10_STD, MNIST_MEAN, MNIST_STD,
-                                     Normalize)
+from jaxrobust.models.layers import (CIFAR10_MEAN, CIFAR10_STD, IMAGENET_MEAN, IMAGENET_STD,
+                                     MNIST_MEAN, MNIST_STD, Normalize)
 from jaxrobust.models.mobilenet import CIFAR_CFG, MobileNetV2
 from jaxrobust.models.noisy import NOISY_MODELS
 from jaxrobust.models.resnet import PreActResNet, ResNet
 from jaxrobust.models.small_cnn import SimpleCNN, SmallCNN
+from jaxrobust.models.swin import SWIN_MODELS, SwinTransformer
 from jaxrobust.models.vit import VIT_MODELS, VisionTransformer
 from jaxrobust.models.wide_resnet import WideResNet
 
@@ -66,7 +67,7 @@ MODELS: dict[str, Callable[..., nnx.Module]] = {
 }
 
 NORMALIZATIONS = {"cifar10": (CIFAR10_MEAN, CIFAR10_STD), "mnist": (MNIST_MEAN, MNIST_STD),
-                  "none": (None, None)}
+                  "imagenet": (IMAGENET_MEAN, IMAGENET_STD), "none": (None, None)}
 
 
 def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
@@ -78,8 +79,9 @@ def create_model(name: str, *, num_classes: int = 10, in_channels: int = 3,
     name: a key of :data:`MODELS`.
     num_classes: K, the number of logits.
     in_channels: C of the NHWC input (3 for CIFAR, 1 for MNIST).
-    normalize: ``'cifar10'``, ``'mnist'`` or ``'none'``: the mean/std applied
-      inside the model.
+    normalize: ``'cifar10'``, ``'mnist'``, ``'imagenet'`` (timm's
+      IMAGENET_DEFAULT_MEAN / STD, the DeiT / Swin weights) or ``'none'``: the
+      mean/std applied inside the model.
     dtype: compute dtype (e.g. ``jnp.bfloat16``); parameters stay float32,
       logits are float32.
     seed: initialisation seed.
@@ -129,8 +131,12 @@ get_model = create_model
 # the trainer fills from the data (jaxrobust.train.builders.model_kwargs).
 for _name, _ctor in VIT_MODELS.items():
   register_model(_name, _ctor)
+# Swin Transformers (jaxrobust.models.swin): Swin-T/S/B (timm's configurations) and the
+# CPU-sized swin_cifar_tiny; ``image_size`` filled from the data like the ViTs.
+for _name, _ctor in SWIN_MODELS.items():
+  register_model(_name, _ctor)
 
 
 __all__ = ["CIFAR_CFG", "MODELS", "MobileNetV2", "ModelFns", "Normalize", "PreActResNet",
-           "ResNet", "SimpleCNN", "SmallCNN", "VIT_MODELS", "VisionTransformer", "WideResNet",
-           "create_model", "get_model", "register_model"]
+           "ResNet", "SWIN_MODELS", "SimpleCNN", "SmallCNN", "SwinTransformer", "VIT_MODELS",
+           "VisionTransformer", "WideResNet", "create_model", "get_model", "register_model"]

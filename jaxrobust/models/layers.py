@@ -13,6 +13,9 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2471, 0.2435, 0.2616)
 MNIST_MEAN = (0.1307,)
 MNIST_STD = (0.3081,)
+# timm's IMAGENET_DEFAULT_MEAN / STD (DeiT, Swin; Mo et al.'s Imagenette / ImageNet loaders).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # PyTorch BatchNorm2d(momentum=0.1) keeps 0.9 of the running average.
 BN_MOMENTUM = 0.9

@@ -13,7 +13,7 @@ from flax import nnx
 from jaxrobust.data import (ArrayDataset, check_image_shape, dataset_info, load_split,
                             train_val_split)
 from jaxrobust.errors import ConfigError, DataError
-from jaxrobust.models import MODELS, VIT_MODELS, create_model
+from jaxrobust.models import MODELS, SWIN_MODELS, VIT_MODELS, create_model
 from jaxrobust.models.layers import linear
 
 # Auxiliary heads a method may need on the penultimate features (config.model.aux_heads):
@@ -161,7 +161,7 @@ def model_kwargs(config, image_shape) -> dict:
             dtype=None if config.model.dtype == "float32" else jnp.dtype(config.model.dtype))
   if config.model.name.startswith("small_cnn"):
     kw["image_size"] = image_shape[0]
-  elif config.model.name in VIT_MODELS:  # the position embedding's token grid
+  elif config.model.name in VIT_MODELS or config.model.name in SWIN_MODELS:  # token grid
     kw["image_size"] = tuple(int(s) for s in image_shape[:2])
   kw.update(check_model_kwargs(config.model.name, config.model.get("kwargs", None)))
   return kw

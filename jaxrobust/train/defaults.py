@@ -73,6 +73,13 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # jaxrobust.train.builders.check_model_kwargs), e.g. dict(patch_size=4) for a ViT. Set it
   # as a whole in a config file: c.model.kwargs = dict(patch_size=4, depth=6).
   c.model.kwargs = ml_collections.ConfigDict()
+  # ImageNet-pretrained start of a ViT / DeiT / Swin: the .npz of a timm state dict
+  # (jaxrobust.models.convert_timm; patch kernels block-summed, position embeddings resized,
+  # a head of another class count left at its initialisation). '' = no pretrained weights,
+  # allowed only with scratch=True (the recipe configs set scratch=False: their published
+  # numbers start from pretrained weights).
+  c.model.init_from_pretrained = ""
+  c.model.scratch = True
 
   # The threat model, set once: every attack branch (config.method.attack,
   # config.eval.val_attack, config.eval.test_attack) that leaves eps / norm unset
@@ -217,6 +224,24 @@ def _validate_swa(t) -> None:
           f"({t.num_epochs}): no weights would be averaged; lower it or set 0 (off)")
 
 
+def _validate_pretrained(c) -> None:
+  """``config.model.init_from_pretrained`` / ``scratch`` (see :func:`default_config`)."""
+  path = c.model.get("init_from_pretrained", "")
+  if path:
+    if not os.path.isfile(path):
+      _fail(f"config.model.init_from_pretrained={path!r} is not a file; give the .npz of a "
+            f"timm state dict (README 'ViT recipes' shows how to write it with torch) or "
+            f"train from scratch with --config.model.init_from_pretrained='' "
+            f"--config.model.scratch=True")
+    if c.train.init_from:
+      _fail("set config.model.init_from_pretrained (timm weights) or config.train.init_from "
+            "(a jaxrobust run), not both")
+  elif not c.model.get("scratch", True):
+    _fail(f"this config's published setting starts {c.model.name} from ImageNet-pretrained "
+          f"weights: set --config.model.init_from_pretrained=PATH (the .npz of a timm state "
+          f"dict, README 'ViT recipes'), or --config.model.scratch=True to train from scratch")
+
+
 def validate_config(c) -> None:
   """Checks value ranges and names; raises ConfigError naming the key and the fix.
 
@@ -253,6 +278,7 @@ def validate_config(c) -> None:
     _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
   if c.data.val_size < 1 and c.eval.every_epochs > 0:
     _fail("config.data.val_size must be >= 1 when validation is on (eval.every_epochs > 0)")
+  _validate_pretrained(c)
   if t.init_which not in ("best", "latest"):
     _fail(f"config.train.init_which={t.init_which!r}; use 'best' or 'latest'")
   if t.init_from and not os.path.isdir(t.init_from):

@@ -14,7 +14,7 @@ from ..train.helpers import load_config
 
 def test_bundled_and_tfds_metadata_unchanged(data_dir):
   assert NUM_CLASSES == {"cifar10": 10, "cifar100": 100, "mnist": 10, "svhn_cropped": 10,
-                         "imagenette": 10}
+                         "imagenette": 10, "imagenet2012": 1000}
   assert dataset_info("mnist").image_shape == (28, 28, 1)
   for name in ("cifar10", "cifar100", "svhn_cropped"):
     assert dataset_info(name).image_shape == (32, 32, 3)

@@ -16,9 +16,10 @@ from ..numpy_models import numpy_initialised
 
 MNIST_MODELS = ("small_cnn", "small_cnn_tiny")
 # The CNNs (the ViTs, e.g. vit_cifar_tiny, need >= 4x4 tokens: tests/models/test_vit.py).
-# One small variant per architecture class; wrappers (noisy_*) and ViTs have their own tests.
+# One small variant per architecture class; wrappers (noisy_*), ViTs and Swins have their own
+# tests (tests/models/test_vit.py, test_swin.py).
 SMALL_MODELS = sorted([k for k in MODELS
-                       if k.endswith("_tiny") and not k.startswith(("vit_", "noisy_"))]
+                       if k.endswith("_tiny") and not k.startswith(("vit_", "swin_", "noisy_"))]
                       + ["wrn_10_1", "small_cnn", "simple_cnn"])
 
 
@@ -119,8 +120,8 @@ def test_small_cnn_parameter_count():
 def test_unknown_model_and_normalization():
   with pytest.raises(ConfigError, match="unknown model 'nope'"):
     create_model("nope")
-  with pytest.raises(ConfigError, match="unknown normalize 'imagenet'"):
-    create_model("simple_cnn_tiny", normalize="imagenet")
+  with pytest.raises(ConfigError, match="unknown normalize 'imagenet21k'"):
+    create_model("simple_cnn_tiny", normalize="imagenet21k")
 
 
 def test_seed_determinism():

@@ -40,7 +40,9 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   # Deliberate change: train-view attack passes update the BatchNorm
                   # running averages as in the official PyTorch code (tested in
                   # test_attack_bn_updates.py); 'none' is the earlier behaviour.
-                  "config.train.attack_bn_updates": "official"}
+                  "config.train.attack_bn_updates": "official",
+                  # No timm weights; training from scratch allowed: the model starts as before.
+                  "config.model.init_from_pretrained": "", "config.model.scratch": True}
 # Keys added with RiFT's two protocols; these values are the validation protocol's previous
 # behaviour (one test run, exact test images only, OOD files from the default place).
 NEW_RIFT_KEYS = {"config.protocol": "validation", "config.eval.test_runs": 1,
@@ -49,7 +51,8 @@ NEW_RIFT_KEYS = {"config.protocol": "validation", "config.eval.test_runs": 1,
 CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 # Configs added after the refactor: their entries were written by the code that added them
 # (benchmarks/resolved_configs.py --configs NAME --merge) and must match exactly.
-CURRENT = {"cifar10_iad_teacher"}
+CURRENT = {"cifar10_iad_teacher", "cifar10_vit_recipe", "imagenette_vit_recipe",
+           "imagenet_vit_recipe"}
 # Configs that set data.pad_mode themselves instead of taking the method's.
 OWN_PAD_MODE = {"mnist_pgd_at", "cifar10_iad_teacher"}
 

@@ -97,6 +97,6 @@ def test_tfds_failure_is_a_data_error(monkeypatch):
   with pytest.raises(DataError, match="TFDS could not provide svhn_cropped:test.*numpy"):
     load_split("svhn_cropped", "test", source="tfds")
   with pytest.raises(DataError, match="unknown TFDS dataset"):
-    load_split("imagenet2012", "test", source="tfds")
+    load_split("places365_small", "test", source="tfds")
   with pytest.raises(DataError, match="imagenette images vary in size; set config.data.image_size"):
     load_split("imagenette", "train", source="tfds")
