@@ -71,7 +71,7 @@ from jaxrobust.attacks import call_logits, model_key
 from jaxrobust.data.unlabeled import split_sizes
 from jaxrobust.errors import ConfigError
 from jaxrobust.losses import REDUCTIONS, kl_divergence
-from jaxrobust.methods.base import attack_in_view
+from jaxrobust.methods.base import accuracy_sum, attack_in_view, cross_entropy
 from jaxrobust.methods.registry import BN_UPDATES, BN_VIEWS, choice, positive, register_method
 from jaxrobust.methods.trades import TRADES, TRADES_ATTACK, TRADES_ATTACKS, TRADES_SETTINGS
 
@@ -120,6 +120,27 @@ class RST(TRADES):
   unlabeled_size: int = 0
   unsup_fraction: float = 0.5
   name: str = "rst"
+
+  def perturb(self, model, params, batch_stats, x, y, rng, frozen=None, step=None):
+    """TRADES's ``x_adv``; ``x`` itself with ``beta = 0`` (no attack, ``losses.py`` l. 37-42)."""
+    if self.beta == 0:
+      return x
+    return super().perturb(model, params, batch_stats, x, y, rng, frozen=frozen, step=step)
+
+  def loss(self, params, batch_stats, model, x, y, x_adv, rng, frozen=None, step=None):
+    """TRADES's loss; with ``beta = 0`` the clean CE of one train-mode pass.
+
+    ``beta = 0`` is the official standard training (``losses.py`` l. 37-42,
+    the pseudo-labelling teacher of the README: ``--beta 0 --unsup_fraction 0``).
+    """
+    if self.beta != 0:
+      return super().loss(params, batch_stats, model, x, y, x_adv, rng, frozen=frozen,
+                          step=step)
+    logits, new_bs = model.apply(params, batch_stats, x, train=True,
+                                 key=jax.random.fold_in(rng, 1))
+    loss = cross_entropy(logits, y)
+    n = y.shape[0]
+    return loss, (new_bs, {"loss": loss * n, "accuracy": accuracy_sum(logits, y)})
 
 
 def build_rst(s, ctx) -> RST:
