@@ -20,7 +20,9 @@ The same computation as a command (it writes the cache the run will read)::
 The true labels of the unlabeled examples are never read: ``'rest'`` takes
 only the images of the training examples outside ``config.data.train_size``
 (:func:`jaxrobust.train.builders.train_split_indices`), an ``.npz`` only its
-``images`` / ``x`` array.
+``images`` / ``x`` array. (Which examples are held out for validation is
+drawn class-balanced from the training file's labels before the split, as in
+every run; once split, the unlabeled examples' labels are dropped.)
 """
 from __future__ import annotations
 
