@@ -63,6 +63,15 @@ VARIANTS = {
                            "model=vit_small_patch16_224", "local,eps_warmup=2",
                            "local,mixup=false", "objective=trades", "objective=mart",
                            "local,objective=trades", "smoke,objective=mart"],
+    "cifar10_ema": ["", "local", "smoke"],
+    "cifar10_swa": ["", "local", "smoke", "bn=adversarial", "bn=none", "local,bn=adversarial",
+                    "local,bn=none"],
+    "cifar10_regmixup": ["", "local", "smoke", "clean", "local,clean"],
+    "cifar10_rotation_ssl": ["", "local", "smoke"],
+    "cifar10_rst": ["", "local", "smoke", "teacher", "teacher,local", "teacher,smoke",
+                    "supervised", "supervised,local"],
+    "cifar10_uat": ["", "local", "smoke", "ft", "ft,local", "ft,smoke", "supervised",
+                    "supervised,local"],
 }
 STEPS_PER_EPOCH = 100  # resolves epoch settings (AWP warm-up, IAD begin) to steps.
 _SKIP_FIELDS = ("attack", "teacher", "natural_teacher")
@@ -150,7 +159,7 @@ def train_settings(config) -> dict:
       msettings[key] = _plain(m[key])
   attacks = {"val": effective_attack(config.eval.val_attack),
              "test": effective_attack(config.eval.test_attack)}
-  if m.name != "standard":
+  if "attack" in m:  # methods that attack (not standard, regmixup).
     attacks["train"] = effective_attack(m.attack)
   return {"attacks": attacks, "method": msettings, "config": rest}
 
