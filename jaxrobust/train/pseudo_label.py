@@ -22,11 +22,11 @@ def main(argv):
   from jaxrobust import parallel  # pylint: disable=g-import-not-at-top
   from jaxrobust.errors import ConfigError  # pylint: disable=g-import-not-at-top
   from jaxrobust.train import semisup  # pylint: disable=g-import-not-at-top
-  from jaxrobust.train.defaults import resolve_config, validate_config  # pylint: disable=g-import-not-at-top
+  from jaxrobust.train import defaults  # pylint: disable=g-import-not-at-top
   require_config_and_workdir(argv, _CONFIG, _WORKDIR, "configs/cifar10_rst.py:local")
   parallel.init_distributed()
-  validate_config(_CONFIG.value)
-  config = resolve_config(_CONFIG.value)
+  defaults.validate_config(_CONFIG.value)
+  config = defaults.resolve_config(_CONFIG.value)
   s = semisup.semisup_settings(config)
   if s is None or s["teacher_workdir"] is None:
     raise ConfigError(f"method {config.method.name!r} takes no pseudo-labels; give a config "
