@@ -66,6 +66,15 @@ VARIANTS = {
     "cifar10_vit_recipe": ["", "local", "smoke", "model=deit_s", "model=vit_small_patch16_224"],
     "imagenette_vit_recipe": ["", "local", "smoke", "model=swin_t", "local,model=swin_t"],
     "imagenet_vit_recipe": ["", "local", "smoke", "model=swin_b"],
+    "cifar10_ema": ["", "local", "smoke"],
+    "cifar10_swa": ["", "local", "smoke", "bn=adversarial", "bn=none", "local,bn=adversarial",
+                    "local,bn=none"],
+    "cifar10_regmixup": ["", "local", "smoke", "clean", "local,clean"],
+    "cifar10_rotation_ssl": ["", "local", "smoke"],
+    "cifar10_rst": ["", "local", "smoke", "teacher", "teacher,local", "teacher,smoke",
+                    "supervised", "supervised,local"],
+    "cifar10_uat": ["", "local", "smoke", "ft", "ft,local", "ft,smoke", "supervised",
+                    "supervised,local"],
 }
 STEPS_PER_EPOCH = 100  # resolves epoch settings (AWP warm-up, IAD begin) to steps.
 _SKIP_FIELDS = ("attack", "teacher", "natural_teacher")
@@ -155,7 +164,7 @@ def train_settings(config) -> dict:
       msettings[key] = _plain(m[key])
   attacks = {"val": effective_attack(config.eval.val_attack),
              "test": effective_attack(config.eval.test_attack)}
-  if m.name != "standard":
+  if "attack" in m:  # methods that attack (not standard, regmixup).
     attacks["train"] = effective_attack(m.attack)
   return {"attacks": attacks, "method": msettings, "config": rest}
 

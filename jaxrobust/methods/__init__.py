@@ -7,7 +7,8 @@ builds it with :func:`method_from_config`. Registered here: ``standard``
 ``ard_distill``, ``iad`` and ``rslad`` (:mod:`.distill`), ``vit_pgd_at``,
 ``vit_trades`` and ``vit_mart`` (:mod:`.vit_recipe`, Mo et al.'s ViT recipe),
 ``regmixup`` and our adversarial ``regmixup_at`` (:mod:`.regmixup`),
-``rotation_ssl`` (:mod:`.rotation`). A new objective is a module calling
+``rotation_ssl`` (:mod:`.rotation`), the semi-supervised ``rst``, ``uat_ot`` and
+``uat_ft`` (:mod:`.semisup`). A new objective is a module calling
 :func:`register_method`.
 """
 from __future__ import annotations
@@ -28,13 +29,15 @@ from jaxrobust.methods.distill import DISTILL_METHODS, IAD, RSLAD, ARDDistill
 from jaxrobust.methods.vit_recipe import ViTAdversarialTraining
 from jaxrobust.methods.regmixup import RegMixup
 from jaxrobust.methods.rotation import RotationSSL
+from jaxrobust.methods.semisup import RST, SEMISUP_METHODS, UAT
 
 # The built-in methods (registration order); registered_methods() includes user ones.
 METHODS = registered_methods()
 
 __all__ = ["ARDDistill", "ATTACK_BN_UPDATES", "AWP", "AdversarialTraining", "AttackBNUpdates",
            "BuildContext", "DISTILL_METHODS", "IAD", "MART", "METHODS", "MethodSpec", "ModelFns",
-           "PAD_MODES", "RSLAD", "RegMixup", "RotationSSL", "Standard", "TRADES",
+           "PAD_MODES", "RSLAD", "RST", "RegMixup", "RotationSSL", "SEMISUP_METHODS", "Standard",
+           "TRADES", "UAT",
            "accuracy_sum", "attack_bn_updates", "attack_in_view", "cross_entropy", "get_method",
            "method_config", "method_from_config", "method_settings", "num_teachers",
            "official_pad_mode", "register_method",

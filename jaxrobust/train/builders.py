@@ -51,16 +51,34 @@ def build_splits(config, with_test: bool = True) -> Splits:
   if recorded and tuple(full.image_shape) != recorded:
     raise DataError(f"{d.name}: the loaded images are {full.image_shape}, but this run was "
                     f"trained on {recorded} (config.data.image_shape)")
-  train_idx, val_idx = train_val_split(full.labels, d.val_size, d.split_seed)
-  if d.train_size and d.train_size < len(train_idx):
-    rng = np.random.default_rng([d.split_seed, 1])
-    train_idx = np.sort(rng.choice(train_idx, size=d.train_size, replace=False))
+  train_idx, val_idx, _ = train_split_indices(config, full.labels)
   test = None
   if with_test:
     test = load_split(d.name, "test", d.source, d.data_dir or None, image_size)
     if d.test_size:
       test = test.take(slice(0, d.test_size))
   return Splits(full.take(train_idx), full.take(val_idx), test)
+
+
+def train_split_indices(config, labels) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """``(train_idx, val_idx, rest_idx)``: indices into the full train split of ``config.data``.
+
+  ``val_idx`` is the class-balanced validation split (``val_size``,
+  ``split_seed``); ``train_idx`` the rest, or a seeded subset of
+  ``train_size`` of it; ``rest_idx`` the training examples outside that
+  subset (empty when ``train_size`` is 0): the pool a semi-supervised run
+  uses without its labels (:mod:`jaxrobust.train.semisup`). Sorted int64,
+  disjoint, together all of ``labels``.
+  """
+  d = config.data
+  train_idx, val_idx = train_val_split(labels, d.val_size, d.split_seed)
+  rest_idx = np.zeros(0, np.int64)
+  if d.train_size and d.train_size < len(train_idx):
+    rng = np.random.default_rng([d.split_seed, 1])
+    kept = np.sort(rng.choice(train_idx, size=d.train_size, replace=False))
+    rest_idx = np.setdiff1d(train_idx, kept)
+    train_idx = kept
+  return train_idx, val_idx, rest_idx
 
 
 def image_shape_of(config) -> tuple[int, int, int]:

@@ -139,6 +139,9 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # passes update them). Eval-view attacks (TRADES, MART, RSLAD) update nothing either way.
   c.train.attack_bn_updates = "official"
   c.train.log_every_steps = 50
+  # Lazy-training diagnostic: log ||theta - theta_0|| / ||theta_0|| per layer at every logging
+  # step (weight_distance/<layer>) and in report.json (jaxrobust.train.weight_distance).
+  c.train.log_weight_distance = False
   c.train.checkpoint_every_steps = 0  # 0: at epoch ends only.
   c.train.keep_checkpoints = 2
   # Fine-tuning: start from the weights of another run (its workdir), and update
@@ -274,6 +277,9 @@ def validate_config(c) -> None:
   if t.attack_bn_updates not in ATTACK_BN_UPDATES:
     _fail(f"config.train.attack_bn_updates={t.attack_bn_updates!r}; use one of "
           f"{ATTACK_BN_UPDATES}")
+  if not isinstance(t.log_weight_distance, bool):
+    _fail(f"config.train.log_weight_distance must be True or False, got "
+          f"{t.log_weight_distance!r}")
   if c.eval.select not in ("val_robust", "val_clean"):
     _fail(f"config.eval.select={c.eval.select!r}; use 'val_robust' or 'val_clean'")
   if c.data.val_size < 1 and c.eval.every_epochs > 0:

@@ -29,9 +29,11 @@ from jaxrobust.train.defaults import effective_attacks, resolve_config, validate
 from jaxrobust.train.optim import make_optimizer
 from jaxrobust.train.preemption import PreemptionGuard, WorkdirLock
 from jaxrobust.train.restore import load_trained
+from jaxrobust.train.semisup import train_iterator
 from jaxrobust.train.state import create_train_state
 from jaxrobust.train.step import jit_train_step, make_train_step
 from jaxrobust.train.swa import collects_after_epoch, swa_update
+from jaxrobust.train.weight_distance import as_metrics, jit_relative_distances
 from jaxrobust.utils import MetricWriter
 
 log = logging.getLogger("jaxrobust")
@@ -190,10 +192,8 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
 
   # Data.
   splits = build_splits(config)
-  it = TrainIterator(splits.train, config.train.batch_size, config.seed,
-                     augment=config.data.augment, pad=config.data.pad,
-                     pad_mode=config.data.pad_mode, flip=config.data.flip,
-                     process_index=jax.process_index(), process_count=jax.process_count())
+  # Semi-supervised methods (rst, uat_*): labeled + unlabeled batches (jaxrobust.train.semisup).
+  it = train_iterator(config, splits, workdir, mesh)
   steps_per_epoch = it.steps_per_epoch
   total_steps = config.train.num_steps or config.train.num_epochs * steps_per_epoch
 
@@ -216,6 +216,14 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
                               teachers=teachers, weight_decay=config.train.weight_decay,
                               attack_bn_updates=config.train.get("attack_bn_updates", "none"))
   state = parallel.replicate(state, mesh)
+
+  # theta_0 of the lazy-training diagnostic: the initial weights (a copy: the state is donated).
+  theta0 = None
+  if config.train.get("log_weight_distance", False):
+    theta0 = jax.tree.map(lambda a: a.copy(), state.params)
+    if config.train.init_from:
+      theta0 = parallel.replicate(load_trained(config.train.init_from, config.train.init_which,
+                                               mesh=mesh).params, mesh)
 
   # Restore.
   fingerprint = model_fingerprint(config, image_shape)
@@ -246,6 +254,7 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
       {"clean": None, "robust": dict(config.eval.val_attack)}), mesh)
   writer = MetricWriter(os.path.join(workdir, "logs"), enabled=is_main)
   swa_step = jax.jit(swa_update)
+  distances = jit_relative_distances() if theta0 is not None else None
 
   def diverged(what, step):
     # Every saved checkpoint is finite (Checkpointer.save refuses NaN/inf), so the
@@ -294,6 +303,8 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
         summary["train/steps_per_s"] = (step - t0_step) / max(time.time() - t0, 1e-9)
         bar.set_postfix({k.split("/")[1]: f"{v:.3f}" for k, v in summary.items()
                          if k != "train/grad_norm"})
+        if distances is not None:
+          summary.update(as_metrics(distances(state.params, theta0)))
         writer.write(step, summary)
         sums, t0, t0_step = None, time.time(), step
       every = config.eval.every_epochs
@@ -331,8 +342,12 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
     bar.close()
     writer.close()
 
+  extra = {}
+  if distances is not None:  # the last weights' per-layer distance from theta_0.
+    extra["weight_distance"] = as_metrics(distances(state.params, theta0), prefix="")
   try:
-    report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks, given)
+    report = final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks, given,
+                        extra)
   finally:
     ckpt.close()
   return report
@@ -389,7 +404,7 @@ def write_swa_run(config, given, workdir: str, state, batch_stats) -> str:
 
 
 def final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks=None,
-               given=None) -> dict:
+               given=None, extra=None) -> dict:
   """Clean and PGD accuracy on the test subset for the last and best checkpoints.
 
   ``config`` is resolved (:func:`jaxrobust.train.defaults.resolve_config`);
@@ -398,13 +413,15 @@ def final_test(config, workdir, ckpt, model_fns, state, splits, mesh, attacks=No
   the average is tested too (``report['swa']``, BatchNorm statistics per
   ``config.train.swa_bn``) and written as the workdir ``<workdir>/swa``
   (:func:`write_swa_run`; ``given`` is the config as given, saved there).
+  ``extra`` entries are added to the report as they are (e.g. the final
+  ``weight_distance`` per layer, :mod:`jaxrobust.train.weight_distance`).
   """
   test_step = make_eval_step(model_fns, attacks_from_config(
       {"clean": None, "robust": dict(config.eval.test_attack)}), mesh)
   key = jax.random.PRNGKey(config.seed + 2)
   report = {"test_size": len(splits.test), "test_attack": dict(config.eval.test_attack),
             "attacks": attacks or effective_attacks(config),
-            "exact_test_images": int(np.sum(splits.test.exact))}
+            "exact_test_images": int(np.sum(splits.test.exact)), **(extra or {})}
   report["last"] = evaluate_accuracy(test_step, _params_for_eval(state), state.batch_stats,
                                      splits.test, config.eval.batch_size, mesh, key, "test")
   report["last"]["step"] = int(state.step)

@@ -42,7 +42,9 @@ NEW_TRAIN_KEYS = {"config.train.optimizer": "sgd", "config.train.betas": [0.9, 0
                   # test_attack_bn_updates.py); 'none' is the earlier behaviour.
                   "config.train.attack_bn_updates": "official",
                   # No timm weights; training from scratch allowed: the model starts as before.
-                  "config.model.init_from_pretrained": "", "config.model.scratch": True}
+                  "config.model.init_from_pretrained": "", "config.model.scratch": True,
+                  # The lazy-training diagnostic, off: nothing is logged or computed.
+                  "config.train.log_weight_distance": False}
 # Keys added with RiFT's two protocols; these values are the validation protocol's previous
 # behaviour (one test run, exact test images only, OOD files from the default place).
 NEW_RIFT_KEYS = {"config.protocol": "validation", "config.eval.test_runs": 1,
@@ -52,7 +54,8 @@ CASES = [(name, arg) for name, args in VARIANTS.items() for arg in args]
 # Configs added after the refactor: their entries were written by the code that added them
 # (benchmarks/resolved_configs.py --configs NAME --merge) and must match exactly.
 CURRENT = {"cifar10_iad_teacher", "cifar10_vit_recipe", "imagenette_vit_recipe",
-           "imagenet_vit_recipe"}
+           "imagenet_vit_recipe", "cifar10_ema", "cifar10_swa", "cifar10_regmixup",
+           "cifar10_rotation_ssl", "cifar10_rst", "cifar10_uat"}
 # Configs that set data.pad_mode themselves instead of taking the method's.
 OWN_PAD_MODE = {"mnist_pgd_at", "cifar10_iad_teacher"}
 
@@ -115,7 +118,10 @@ def test_effective_settings_are_unchanged(name, arg):
 # reflection; every other training variant pads with zeros (torchvision's RandomCrop).
 REFLECT = {"cifar10_pgd_at.py", "cifar10_pgd_at.py:local,pgd_steps=3",
            "cifar10_pgd_at.py:smoke,pgd_steps=3", "cifar10_awp.py", "cifar10_awp.py:local",
-           "cifar10_awp.py:smoke", "cifar10_awp.py:model=wrn_34_10"}
+           "cifar10_awp.py:smoke", "cifar10_awp.py:model=wrn_34_10",
+           # PGD-AT with EMA / SWA (the generalisation tools' baseline).
+           *(f"cifar10_{n}.py{a}" for n in ("ema", "swa") for a in ("", ":local", ":smoke")),
+           *(f"cifar10_swa.py:{a}bn={m}" for a in ("", "local,") for m in ("adversarial", "none"))}
 
 
 @pytest.mark.parametrize("name,arg", [c for c in CASES if c[0] != "cifar10_rift"])
@@ -133,7 +139,8 @@ def test_random_crop_padding_is_the_methods_official_one(name, arg):
 # PGD-AT / AT-AWP variants whose training attack is PGD: Rice et al.'s random start.
 UNIFORM_RADIUS = {"cifar10_pgd_at.py", "cifar10_pgd_at.py:local,pgd_steps=3",
                   "cifar10_pgd_at.py:smoke,pgd_steps=3", "cifar10_awp.py",
-                  "cifar10_awp.py:model=wrn_34_10"}
+                  "cifar10_awp.py:model=wrn_34_10",
+                  *(k for k in REFLECT if k.startswith(("cifar10_ema", "cifar10_swa")))}
 
 
 @pytest.mark.parametrize("name,arg", [c for c in CASES if c[0] != "cifar10_rift"])
