@@ -27,6 +27,12 @@ if _CACHE_ENV not in os.environ:
     atexit.register(shutil.rmtree, _cache, ignore_errors=True)
   os.environ[_CACHE_ENV] = _cache
 
+# TFDS's default folder (~/tensorflow_datasets) is never written by the tests: a test that
+# reaches TFDS without its own data_dir works in a per-session temporary folder instead.
+if "TFDS_DATA_DIR" not in os.environ:
+  os.environ["TFDS_DATA_DIR"] = tempfile.mkdtemp(prefix="jaxrobust-test-tfds-")
+  atexit.register(shutil.rmtree, os.environ["TFDS_DATA_DIR"], ignore_errors=True)
+
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top
 
