@@ -46,9 +46,14 @@ def test_two_process_autoattack_equals_one_process(tmp_path):
       env=_env(2, JAXROBUST_DISTRIBUTED="1", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
                JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i)),
       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  for p in procs:
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err[-3000:]
+  try:
+    for p in procs:
+      _, err = p.communicate(timeout=600)
+      assert p.returncode == 0, err[-3000:]
+  finally:  # a failed or hung process must not keep its peer waiting at the coordinator.
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
 
   ref = _load(single / "result_0.npz")
   assert int(ref["process_count"]) == 1 and int(ref["device_count"]) == 4
