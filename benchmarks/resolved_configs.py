@@ -47,7 +47,8 @@ if REPO_ROOT not in sys.path:
 
 # config file -> variants (the get_config argument).
 VARIANTS = {
-    "cifar10_pgd_at": ["", "local", "smoke", "local,pgd_steps=3", "smoke,pgd_steps=3"],
+    "cifar10_pgd_at": ["", "local", "smoke", "local,pgd_steps=3", "smoke,pgd_steps=3",
+                       "local,standard"],
     "cifar10_trades": ["", "local", "smoke"],
     "cifar10_mart": ["", "local", "smoke", "resnet18", "resnet18,local"],
     "cifar10_awp": ["", "local", "smoke", "trades", "trades,local", "trades,smoke",

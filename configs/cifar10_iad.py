@@ -20,7 +20,7 @@ ResNet-18 student 83.24 clean / 52.21 PGD-20 / AA 49.10 (RSLAD paper table).
         --config.method.teacher_workdir=runs/iad_teacher --workdir runs/iad
 
 ``:iad2`` — IAD-II (``IAD-II.py``): also a naturally trained teacher
-(``--config.method.teacher2_workdir``; e.g. ``method.name=standard``),
+(``--config.method.teacher2_workdir``; e.g. ``cifar10_pgd_at.py:local,standard``),
 introspection from epoch 40, alpha1 = 0.5, alpha2 = 0.25, both teachers on
 the adversarial batch.
 

@@ -18,6 +18,9 @@ zero padding, as its official code), one-cycle LR. Measured figures are in
 BENCHMARKS.md. ``:local,pgd_steps=3`` trains with PGD-AT (3 steps of 3/255,
 uniform start, reflect padding) instead, the budget of the other methods'
 ``:local`` variants (the "SAT" row of the CPU-scale comparison).
+``standard`` (e.g. ``:local,standard``) trains on clean images (the ``standard``
+method) with everything else unchanged: a non-robust baseline, a clean
+fine-tune (``--config.train.init_from``) or a distillation's natural teacher.
 
     python -m jaxrobust.train --config configs/cifar10_pgd_at.py:local --workdir runs/local
 """
@@ -27,7 +30,7 @@ from jaxrobust.train.defaults import apply_local, apply_smoke, default_config, p
 
 
 def get_config(arg=None):
-  arg = parse_arg(arg, local=False, smoke=False, pgd_steps=0)
+  arg = parse_arg(arg, local=False, smoke=False, pgd_steps=0, standard=False)
   c = default_config()  # PGD-10 (2/255) in train-mode BN at c.eps = 8/255, L-inf.
   if arg.local or arg.smoke:
     apply_local(c)
@@ -39,6 +42,8 @@ def get_config(arg=None):
           random_start="uniform_radius"))
     c.eval.val_attack = attack_config("pgd", step_size=2 / 255, num_steps=10,
                                       random_start="uniform")
+  if arg.standard:
+    c.method = method_config("standard")
   if arg.smoke:  # a few steps, for tests.
     apply_smoke(c)
   return c
