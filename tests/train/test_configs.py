@@ -6,6 +6,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxrobust.errors import ConfigError
 from jaxrobust.methods import num_teachers
 from jaxrobust.train import train_and_evaluate, validate_config
 
@@ -19,7 +20,14 @@ CONFIGS = sorted(p.stem for p in (REPO / "configs").glob("*.py")
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("arg", [None, "local", "smoke"])
 def test_config_validates(name, arg):
-  validate_config(load_config(name, arg))
+  config = load_config(name, arg)
+  if arg is None and config.model.get("scratch") is False:
+    # A published setting that starts from pretrained weights needs their path (or
+    # scratch=True): one ConfigError naming both, then it validates.
+    with pytest.raises(ConfigError, match="init_from_pretrained"):
+      validate_config(config)
+    config.model.scratch = True
+  validate_config(config)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,10 @@ OFFICIAL = {"standard": "constant", "pgd_at": "reflect", "fgsm_at": "constant",
             "vit_pgd_at": "constant", "vit_trades": "constant", "vit_mart": "constant",
             # RegMixup (FrancescoPinto/RegMixup) and rotation SSL (hendrycks/ss-ood) use
             # torchvision RandomCrop(32, padding=4).
-            "regmixup": "constant", "regmixup_at": "constant", "rotation_ssl": "constant"}
+            "regmixup": "constant", "regmixup_at": "constant", "rotation_ssl": "constant",
+            # RST (yaircarmon/semisup-adv: RandomCrop(32, padding=4)); UAT released no code:
+            # zeros, as the other CIFAR-10 recipes.
+            "rst": "constant", "uat_ot": "constant", "uat_ft": "constant"}
 
 
 class _Offsets:
