@@ -39,7 +39,7 @@ from jaxrobust.checkpoint import array_digest, host_leaves
 from jaxrobust.data import TrainIterator, load_split, to_float
 from jaxrobust.data.unlabeled import (SemiSupervisedIterator, UnlabeledSet,
                                       load_unlabeled_npz)
-from jaxrobust.errors import ConfigError, DataError
+from jaxrobust.errors import ConfigError
 from jaxrobust.methods import method_settings
 
 log = logging.getLogger("jaxrobust")
