@@ -478,10 +478,8 @@ def to_timm_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
   """
   from jaxrobust.models.swin import SwinTransformer  # pylint: disable=g-import-not-at-top
   from jaxrobust.models.vit import VisionTransformer  # pylint: disable=g-import-not-at-top
+  if not isinstance(model, (VisionTransformer, SwinTransformer)):
+    raise CheckpointError(f"no timm export for {type(model).__name__}; a ViT / DeiT or a Swin "
+                          f"model exports to a timm state dict")
   flat = {k: np.asarray(v, np.float32) for k, v in _flat_params(model).items()}
-  if isinstance(model, VisionTransformer):
-    return _vit_to_timm(flat)
-  if isinstance(model, SwinTransformer):
-    return _swin_to_timm(flat)
-  raise CheckpointError(f"no timm export for {type(model).__name__}; a ViT / DeiT or a Swin "
-                        f"model exports to a timm state dict")
+  return (_vit_to_timm if isinstance(model, VisionTransformer) else _swin_to_timm)(flat)
