@@ -195,7 +195,7 @@ def convert_big_vision_npz(arrays: Mapping[str, np.ndarray], model: nnx.Module, 
                    f"{patch[0]}x{patch[1]} (block sums)")
   if "pos_embedding" in w:  # big_vision: [1, N, D], no class-token row.
     pos = w.pop("pos_embedding")
-    if pos.ndim != 3 or int(round(np.sqrt(pos.shape[1]))) ** 2 != pos.shape[1]:
+    if pos.ndim != 3 or round(np.sqrt(pos.shape[1])) ** 2 != pos.shape[1]:
       raise CheckpointError(f"{source}: pos_embedding has shape {pos.shape}; expected "
                             f"[1, H*W, D] of a square grid")
     w["Transformer/posembed_input/pos_embedding"] = np.concatenate(
