@@ -8,8 +8,8 @@ ImageNet weights (``mo666666/When-Adversarial-Training-Meets-Vision-
 Transformers:train_cifar.py``, ``pretrained=(not args.scratch)``; the
 16 x 16 patch kernels block-summed to 4 x 4 and the 14 x 14 position
 embeddings resized bilinearly to 8 x 8, ``model_for_cifar/deit.py:482-524``;
-a fresh 10-way head). The weights are the ``.npz`` of a timm state dict
-(README "ViT recipes"):
+a fresh 10-way head). The weights are the ``.npz`` of a timm state dict or a
+Google augreg ``.npz`` (README "ViT recipes"):
 
     python -m jaxrobust.train --config configs/cifar10_vit_recipe.py \
         --config.model.init_from_pretrained=vit_base_patch16_224.npz --workdir runs/vit_b

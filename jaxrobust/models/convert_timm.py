@@ -30,6 +30,13 @@ Resizing as Mo et al.'s ``model_for_cifar/deit.py``:
 
 Anything else that does not fit (an unknown or missing key, a shape that no
 rule above explains) raises :class:`jaxrobust.errors.CheckpointError`.
+
+:func:`to_timm_state_dict` goes back: a jaxrobust ViT / DeiT / Swin as a timm
+state dict (fused qkv, HWIO -> OIHW, timm names) for ``load_state_dict`` in
+torch. Google augreg / big_vision ``.npz`` checkpoints load through
+:mod:`jaxrobust.models.convert_big_vision` with the same resizing;
+:func:`jaxrobust.models.pretrained.load_pretrained_into` picks the converter
+from the keys.
 """
 from __future__ import annotations
 
@@ -114,23 +121,28 @@ def patch_kernel_block_sum(weight: np.ndarray, patch: int) -> np.ndarray:
 
 
 def load_state_dict_npz(path: str) -> dict[str, np.ndarray]:
-  """The arrays of an ``.npz`` written with ``np.savez(path, **{k: v.numpy() ...})``.
+  """The arrays of an ``.npz`` checkpoint: a timm state dict or a Google augreg / big_vision file.
+
+  A timm state dict is written with ``np.savez(path, **{k: v.numpy() ...})``
+  (README "ViT recipes"); the Google checkpoints are ``.npz`` files already.
 
   Raises:
     CheckpointError: the file is absent or not an ``.npz`` of arrays.
   """
   if not path or not os.path.isfile(path):
     raise CheckpointError(
-        f"config.model.init_from_pretrained={path!r} is not a file; write the timm state dict "
-        f"as .npz on a machine with torch (README 'ViT recipes': np.savez(PATH, **{{k: "
-        f"v.numpy() for k, v in timm.create_model(NAME, pretrained=True).state_dict()."
-        f"items()}})) or set --config.model.scratch=True")
+        f"config.model.init_from_pretrained={path!r} is not a file; give a Google augreg / "
+        f"big_vision ViT .npz, or write the timm state dict as .npz on a machine with torch "
+        f"(README 'ViT recipes': np.savez(PATH, **{{k: v.numpy() for k, v in "
+        f"timm.create_model(NAME, pretrained=True).state_dict().items()}})), or set "
+        f"--config.model.scratch=True")
   try:
     with np.load(path, allow_pickle=False) as f:
       return {k: np.asarray(f[k]) for k in f.files}
   except Exception as e:  # zipfile / pickle / ValueError: not an npz of arrays.
-    raise CheckpointError(f"{path} is not an .npz of arrays ({type(e).__name__}: {e}); write "
-                          f"it with np.savez from a timm state_dict (README 'ViT recipes')") from e
+    raise CheckpointError(f"{path} is not an .npz of arrays ({type(e).__name__}: {e}); give a "
+                          f"Google augreg / big_vision .npz or write a timm state_dict with "
+                          f"np.savez (README 'ViT recipes')") from e
 
 
 # --- key mapping --------------------------------------------------------------------------
@@ -259,7 +271,8 @@ def convert_timm_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Mod
   Returns:
     ``{'params': nested pure dict for nnx.replace_by_pure_dict, 'kept': [dotted
     names of the model's own parameters left as they were (the head of another
-    class count)], 'resized': [what was resized]}``.
+    class count, or a state dict without a head)], 'resized': [what was
+    resized]}``.
 
   Raises:
     CheckpointError: an unknown / missing key or a shape mismatch that no
@@ -299,14 +312,47 @@ def convert_timm_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Mod
         break
     else:
       unknown.append(key)
-  extra = sorted(set(got) - set(want)) + unknown
+  out = fit_to_model(got, unknown, model, source=source, kind=kind, noun="state dict")
+  return {**out, "resized": resized}
+
+
+def fit_to_model(got: Mapping[str, np.ndarray], unknown, model: nnx.Module, *, source: str,
+                 kind: str, noun: str = "checkpoint") -> dict:
+  """Checks converted arrays against ``model``'s parameters and nests them for NNX.
+
+  Shared by the timm and the big_vision converters.
+
+  Args:
+    got: ``{dotted NNX parameter path: array}`` converted from the checkpoint.
+    unknown: checkpoint keys no rule matched.
+    model: the target model (only its parameter shapes are read).
+    source: how errors name the input (a path).
+    kind: 'ViT' or 'Swin', for the messages.
+    noun: what the messages call the input ('state dict', 'checkpoint').
+
+  Returns:
+    ``{'params': nested float32 pure dict for nnx.replace_by_pure_dict, 'kept':
+    [the model's own parameters left as initialised: a head of another class
+    count, or no head in the checkpoint]}``.
+
+  Raises:
+    CheckpointError: ``got`` has a parameter the model lacks (or ``unknown`` is
+      not empty), lacks one it needs (other than the head), or a shape differs
+      outside the head.
+  """
+  want = _flat_params(model)
+  got = dict(got)
+  extra = sorted(set(got) - set(want)) + list(unknown)
   if extra:
     raise CheckpointError(f"{source}: keys {extra[:8]}{' ...' if len(extra) > 8 else ''} have "
                           f"no place in this {kind} ({type(model).__name__}); build the model "
                           f"with the checkpoint's architecture (depth, heads, qkv bias, "
                           f"distillation token) or convert another checkpoint")
-  missing = sorted(set(want) - set(got))
-  kept = []
+  # A checkpoint without a classifier (a feature extractor) leaves the model's own head.
+  missing = sorted(n for n in set(want) - set(got) if not n.startswith("head."))
+  if missing:
+    raise CheckpointError(f"{source}: the model's {missing[:8]}{' ...' if len(missing) > 8 else ''}"
+                          f" are not in the {noun}; is it a {kind} of this architecture?")
   for name in sorted(set(want) & set(got)):
     if tuple(got[name].shape) != tuple(want[name].shape):
       if name.startswith("head."):  # another class count: keep the model's own head.
@@ -315,19 +361,16 @@ def convert_timm_state_dict(state_dict: Mapping[str, np.ndarray], model: nnx.Mod
       raise CheckpointError(f"{source}: {name} has shape {tuple(got[name].shape)} but the "
                             f"model needs {tuple(want[name].shape)}; build the model with the "
                             f"checkpoint's width / heads / window size")
-  for name in sorted(set(want) - set(got)):
-    if name.startswith("head.") and name not in missing:
-      kept.append(name)
-  if missing:
-    raise CheckpointError(f"{source}: the model's {missing[:8]}{' ...' if len(missing) > 8 else ''}"
-                          f" are not in the state dict; is it a {kind} of this architecture?")
+  kept = sorted(set(want) - set(got))
   flat = {k: np.asarray(got.get(k, want[k]), np.float32) for k in want}
   nested_like = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-  return {"params": _nest(flat, nested_like), "kept": kept, "resized": resized}
+  return {"params": _nest(flat, nested_like), "kept": kept}
 
 
-def load_timm_into(model: nnx.Module, state_dict_or_path) -> dict:
+def load_timm_into(model: nnx.Module, state_dict_or_path, *, source: str | None = None) -> dict:
   """Loads a timm state dict (a mapping, or the path of its ``.npz``) into ``model`` in place.
+
+  ``source`` names the input in errors (default: the path, or 'state dict').
 
   Returns:
     The ``kept`` / ``resized`` report of :func:`convert_timm_state_dict`.
@@ -336,12 +379,107 @@ def load_timm_into(model: nnx.Module, state_dict_or_path) -> dict:
     CheckpointError: see :func:`load_state_dict_npz` and
       :func:`convert_timm_state_dict`.
   """
-  source = "state dict"
   if isinstance(state_dict_or_path, (str, os.PathLike)):
-    source = str(state_dict_or_path)
-    state_dict_or_path = load_state_dict_npz(source)
+    source = source or str(state_dict_or_path)
+    state_dict_or_path = load_state_dict_npz(str(state_dict_or_path))
+  source = source or "state dict"
   out = convert_timm_state_dict(state_dict_or_path, model, source=source)
   state = nnx.state(model, nnx.Param)
   nnx.replace_by_pure_dict(state, out["params"])
   nnx.update(model, state)
   return {"kept": out["kept"], "resized": out["resized"]}
+
+
+# --- back to timm ---------------------------------------------------------------------------
+
+
+def _vit_to_timm(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """ViT / DeiT parameters (Google names) -> timm ``VisionTransformer`` keys (inverse of
+  :func:`_vit_rules`)."""
+  out, rest = {}, dict(flat)
+
+  def take(name):
+    return np.asarray(rest.pop(name))
+
+  out["cls_token"] = take("cls")
+  out["pos_embed"] = take("Transformer.posembed_input.pos_embedding")
+  out["patch_embed.proj.weight"] = take("embedding.kernel").transpose(3, 2, 0, 1)  # HWIO->OIHW
+  out["patch_embed.proj.bias"] = take("embedding.bias")
+  depth = 0
+  while f"Transformer.encoderblock_{depth}.LayerNorm_0.scale" in rest:
+    src, dst = f"Transformer.encoderblock_{depth}.", f"blocks.{depth}."
+    for ours, theirs in (("LayerNorm_0", "norm1"), ("LayerNorm_2", "norm2")):
+      out[dst + theirs + ".weight"] = take(src + ours + ".scale")
+      out[dst + theirs + ".bias"] = take(src + ours + ".bias")
+    mha = src + "MultiHeadDotProductAttention_1."
+    # [D, heads, hd] -> rows [heads * hd, D] of the fused [3D, D] weight (query, key, value).
+    kernels = [take(f"{mha}{n}.kernel") for n in ("query", "key", "value")]
+    out[dst + "attn.qkv.weight"] = np.concatenate(
+        [k.reshape(k.shape[0], -1).T for k in kernels], axis=0)
+    if f"{mha}query.bias" in rest:
+      out[dst + "attn.qkv.bias"] = np.concatenate(
+          [take(f"{mha}{n}.bias").reshape(-1) for n in ("query", "key", "value")])
+    proj = take(mha + "out.kernel")  # [heads, hd, D] -> [D, heads * hd]
+    out[dst + "attn.proj.weight"] = proj.reshape(-1, proj.shape[-1]).T
+    out[dst + "attn.proj.bias"] = take(mha + "out.bias")
+    for r in (0, 1):
+      out[f"{dst}mlp.fc{r + 1}.weight"] = take(f"{src}MlpBlock_3.Dense_{r}.kernel").T
+      out[f"{dst}mlp.fc{r + 1}.bias"] = take(f"{src}MlpBlock_3.Dense_{r}.bias")
+    depth += 1
+  out["norm.weight"] = take("Transformer.encoder_norm.scale")
+  out["norm.bias"] = take("Transformer.encoder_norm.bias")
+  out["head.weight"] = take("head.kernel").T
+  out["head.bias"] = take("head.bias")
+  if rest:
+    raise CheckpointError(f"parameters {sorted(rest)[:8]} have no timm name; export the plain "
+                          f"ViT (without auxiliary heads)")
+  return out
+
+
+def _swin_to_timm(flat: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """Swin parameters -> timm >= 0.9 ``SwinTransformer`` keys (inverse of :func:`_swin_rules`)."""
+  out = {}
+  for name, value in flat.items():
+    value = np.asarray(value)
+    prefix, leaf = name.rsplit(".", 1)
+    if prefix == "head":
+      prefix = "head.fc"
+    if leaf == "scale":
+      leaf = "weight"
+    elif leaf == "kernel":
+      leaf, value = "weight", value.transpose(3, 2, 0, 1) if value.ndim == 4 else value.T
+    out[f"{prefix}.{leaf}"] = value
+  return out
+
+
+def to_timm_state_dict(model: nnx.Module) -> dict[str, np.ndarray]:
+  """A ViT / DeiT or Swin model's parameters as a timm ``state_dict`` (numpy, float32).
+
+  The inverse of :func:`convert_timm_state_dict` at the model's own sizes:
+  query / key / value ``[D, heads, D/heads]`` fused into ``attn.qkv.weight``
+  ``[3D, D]`` (and ``.bias`` ``[3D]`` with qkv bias), ``out`` -> ``attn.proj``,
+  kernels ``[in, out]`` -> ``weight [out, in]``, the patch kernel HWIO ->
+  OIHW, ``scale`` -> ``weight``, Google names -> timm names. Load it in torch
+  with ``model.load_state_dict({k: torch.from_numpy(v) for k, v in sd.items()})``
+  into ``timm.create_model(NAME, img_size=..., patch_size=..., num_classes=K)``
+  of the same architecture (Swin's ``relative_position_index`` / ``attn_mask``
+  are buffers timm recomputes and are not written).
+
+  Args:
+    model: a :class:`jaxrobust.models.vit.VisionTransformer` or
+      :class:`jaxrobust.models.swin.SwinTransformer`.
+
+  Returns:
+    ``{timm key: float32 array}``.
+
+  Raises:
+    CheckpointError: another model, or parameters with no timm name (auxiliary
+      heads).
+  """
+  from jaxrobust.models.swin import SwinTransformer  # pylint: disable=g-import-not-at-top
+  from jaxrobust.models.vit import VisionTransformer  # pylint: disable=g-import-not-at-top
+  if not isinstance(model, (VisionTransformer, SwinTransformer)):
+    raise CheckpointError(f"no timm export for {type(model).__name__}; a ViT / DeiT or a Swin "
+                          f"model exports to a timm state dict")
+  flat = {k: np.asarray(v, np.float32) for k, v in _flat_params(model).items()}
+  return (_vit_to_timm if isinstance(model, VisionTransformer) else _swin_to_timm)(flat)

@@ -73,9 +73,12 @@ def default_config(method: str = "pgd_at") -> ml_collections.ConfigDict:
   # jaxrobust.train.builders.check_model_kwargs), e.g. dict(patch_size=4) for a ViT. Set it
   # as a whole in a config file: c.model.kwargs = dict(patch_size=4, depth=6).
   c.model.kwargs = ml_collections.ConfigDict()
-  # ImageNet-pretrained start of a ViT / DeiT / Swin: the .npz of a timm state dict
-  # (jaxrobust.models.convert_timm; patch kernels block-summed, position embeddings resized,
-  # a head of another class count left at its initialisation). '' = no pretrained weights,
+  # ImageNet-pretrained start of a ViT / DeiT / Swin: an .npz, either a timm state dict
+  # (jaxrobust.models.convert_timm; ViT / DeiT / Swin) or a Google augreg / big_vision ViT
+  # checkpoint such as gs://vit_models/augreg/*.npz (jaxrobust.models.convert_big_vision),
+  # told apart by its keys (jaxrobust.models.pretrained); patch kernels block-summed,
+  # position embeddings resized, a head of another class count left at its initialisation.
+  # A resumed run restores its own checkpoint over these weights. '' = no pretrained weights,
   # allowed only with scratch=True (the recipe configs set scratch=False: their published
   # numbers start from pretrained weights).
   c.model.init_from_pretrained = ""
@@ -232,17 +235,18 @@ def _validate_pretrained(c) -> None:
   path = c.model.get("init_from_pretrained", "")
   if path:
     if not os.path.isfile(path):
-      _fail(f"config.model.init_from_pretrained={path!r} is not a file; give the .npz of a "
-            f"timm state dict (README 'ViT recipes' shows how to write it with torch) or "
-            f"train from scratch with --config.model.init_from_pretrained='' "
-            f"--config.model.scratch=True")
+      _fail(f"config.model.init_from_pretrained={path!r} is not a file; give a Google augreg "
+            f"/ big_vision ViT .npz or the .npz of a timm state dict (README 'ViT recipes' "
+            f"shows how to write it with torch) or train from scratch with "
+            f"--config.model.init_from_pretrained='' --config.model.scratch=True")
     if c.train.init_from:
-      _fail("set config.model.init_from_pretrained (timm weights) or config.train.init_from "
-            "(a jaxrobust run), not both")
+      _fail("set config.model.init_from_pretrained (pretrained weights) or "
+            "config.train.init_from (a jaxrobust run), not both")
   elif not c.model.get("scratch", True):
     _fail(f"this config's published setting starts {c.model.name} from ImageNet-pretrained "
-          f"weights: set --config.model.init_from_pretrained=PATH (the .npz of a timm state "
-          f"dict, README 'ViT recipes'), or --config.model.scratch=True to train from scratch")
+          f"weights: set --config.model.init_from_pretrained=PATH (a timm state dict or a "
+          f"Google augreg / big_vision .npz, README 'ViT recipes'), or "
+          f"--config.model.scratch=True to train from scratch")
 
 
 def validate_config(c) -> None:

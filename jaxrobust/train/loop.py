@@ -23,7 +23,7 @@ from jaxrobust.errors import ConfigError, NonFiniteLossError, Preempted
 from jaxrobust.accuracy import attacks_from_config, evaluate_accuracy, make_eval_step
 from jaxrobust.methods import method_from_config, method_settings, num_teachers
 from jaxrobust.models import ModelFns
-from jaxrobust.models.convert_timm import load_timm_into
+from jaxrobust.models.pretrained import load_pretrained_into
 from jaxrobust.train.builders import build_model, build_splits, image_shape_of, model_fingerprint
 from jaxrobust.train.defaults import effective_attacks, resolve_config, validate_config
 from jaxrobust.train.optim import make_optimizer
@@ -201,11 +201,13 @@ def _train_and_evaluate(config, given, workdir: str, guard: PreemptionGuard) -> 
   image_shape = splits.train.image_shape
   config.data.image_shape = tuple(image_shape)  # saved in config.json for restoring.
   model = build_model(config, image_shape)
-  if config.model.get("init_from_pretrained", ""):  # timm weights (a resumed run overrides).
-    report = load_timm_into(model, config.model.init_from_pretrained)
-    log.info("initialised from the timm state dict %s (resized: %s; own head kept: %s)",
-             config.model.init_from_pretrained, report["resized"] or "nothing",
-             report["kept"] or "no")
+  # Pretrained weights: a timm state dict or a Google augreg / big_vision .npz, told apart by
+  # their keys (a resumed run's checkpoint, restored below, overrides them).
+  if config.model.get("init_from_pretrained", ""):
+    report = load_pretrained_into(model, config.model.init_from_pretrained)
+    log.info("initialised from the %s checkpoint %s (resized: %s; own head kept: %s)",
+             report["format"], config.model.init_from_pretrained,
+             report["resized"] or "nothing", report["kept"] or "no")
   tx = make_optimizer(config.train, total_steps, steps_per_epoch)
   teachers, frozen = load_teachers(config, mesh)
   swa_on = config.train.swa_start > 0

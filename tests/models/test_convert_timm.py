@@ -16,9 +16,10 @@ from flax import nnx
 
 from jaxrobust.errors import CheckpointError
 from jaxrobust.models import create_model
-from jaxrobust.models.convert_timm import (convert_timm_state_dict, interpolate_bilinear,
-                                           load_timm_into, patch_kernel_block_sum,
-                                           resize_pos_embed)
+from jaxrobust.models.convert_timm import (_flat_params, convert_timm_state_dict,
+                                           interpolate_bilinear, load_timm_into,
+                                           patch_kernel_block_sum, resize_pos_embed,
+                                           to_timm_state_dict)
 
 FIXTURES = pathlib.Path(__file__).resolve().parents[1] / "fixtures"
 NAMES = ("deit_tiny", "vit_2block", "swin_tiny")
@@ -107,6 +108,44 @@ def test_old_swin_layout_is_renamed():
   model = _model(meta)
   load_timm_into(model, old)
   np.testing.assert_allclose(np.asarray(model(x)), want, rtol=0, atol=1e-5)
+
+
+# --- back to timm ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_export_reproduces_the_fixtures_state_dict(name):
+  sd, x, want, meta = _fixture(name)
+  model = _model(meta)
+  load_timm_into(model, sd)
+  exported = to_timm_state_dict(model)
+  assert set(exported) == set(sd)
+  for k, v in sd.items():
+    assert exported[k].dtype == np.float32 and exported[k].shape == v.shape, k
+    np.testing.assert_array_equal(exported[k], v, err_msg=k)
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("vit_s", dict(image_size=32, patch_size=4, width=24, depth=2, num_heads=3)),
+    ("vit_s", dict(image_size=32, patch_size=8, width=16, depth=1, num_heads=2, qkv_bias=False)),
+])  # Swin: test_export_reproduces_the_fixtures_state_dict.
+def test_export_and_reimport_gives_identical_parameters(name, kw):
+  model = create_model(name, num_classes=10, normalize="none", seed=1, **kw)
+  # Every parameter random (LayerNorms are 1 / 0 at init), so no two of them can be confused.
+  rng = np.random.default_rng(0)
+  state = nnx.state(model, nnx.Param)
+  nnx.update(model, jax.tree.map(lambda a: rng.normal(size=a.shape).astype(np.float32), state))
+  other = create_model(name, num_classes=10, normalize="none", seed=2, **kw)
+  assert load_timm_into(other, to_timm_state_dict(model)) == {"kept": [], "resized": []}
+  after = _flat_params(other)
+  for k, v in _flat_params(model).items():
+    np.testing.assert_array_equal(np.asarray(after[k]), np.asarray(v), err_msg=k)
+
+
+def test_export_refuses_other_models():
+  cnn = nnx.eval_shape(lambda: create_model("simple_cnn_tiny", num_classes=10))
+  with pytest.raises(CheckpointError, match="no timm export for"):
+    to_timm_state_dict(cnn)
 
 
 # --- resizing -------------------------------------------------------------------------------
