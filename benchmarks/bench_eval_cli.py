@@ -1,4 +1,4 @@
-r"""Evaluation CLI throughput: ``python -m jaxrobust.evaluate`` vs torchattacks + the reference AutoAttack.
+r"""Evaluation CLI throughput: ``python -m jaxrobust.evaluate`` vs torchattacks + reference AutoAttack.
 
 Measures, on one machine in one run, the whole evaluation of a trained model
 as a user runs it, start-up included:
@@ -194,8 +194,8 @@ def measure(cmd: list[str], log: str, env: dict | None = None,
   b0 = busy_cpu_s()
   t0 = time.perf_counter()
   with open(log, "w", encoding="utf-8") as f:
-    proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT,  # pylint: disable=consider-using-with
-                            preexec_fn=preexec)
+    # pylint: disable-next=consider-using-with
+    proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, preexec_fn=preexec)
     _, status, ru = os.wait4(proc.pid, 0)
   wall = time.perf_counter() - t0
   proc.returncode = os.waitstatus_to_exitcode(status)
