@@ -421,7 +421,8 @@ def run_jax(args, tmp: str, cpus) -> list[dict]:
     with open(report, encoding="utf-8") as f:
       rep = json.load(f)
     res.update(accuracy=rep["accuracy"], seconds=rep["seconds"],
-               autoattack=rep.get("autoattack"), n_examples=rep["n_examples"])
+               autoattack=rep.get("autoattack"), n_examples=rep["n_examples"],
+               log_tail=_tail(log, 20))
     if adv:
       import numpy as np  # pylint: disable=g-import-not-at-top
       with np.load(adv) as z:
@@ -445,7 +446,7 @@ def run_torch(args, tmp: str, cpus, export: str, cfg: dict) -> dict:
     raise SystemExit("the torch side failed:\n" + "\n".join(_tail(log)))
   with open(spec["out"], encoding="utf-8") as f:
     res.update(json.load(f))
-  res["python"] = args.torch_python
+  res.update(python=args.torch_python, log_tail=_tail(log, 20))
   print(f"  {res['wall_s']:.1f} s, peak {res['peak_rss_mib']:.0f} MiB, "
         f"{ {k: round(v, 4) for k, v in res['accuracy'].items()} }", flush=True)
   return res
