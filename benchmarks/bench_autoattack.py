@@ -454,7 +454,8 @@ def run_torch(args) -> dict:
       robust_flags="".join("1" if r else "0" for r in robust),
       export_seconds=round(export_s, 1), peak_rss_mib=round(peak_rss_mib(), 1),
       foreign_cpu_s=round(load.foreign_cpu_s, 1), foreign_load=round(load.foreign_load, 3),
-      versions=dict(torch=torch.__version__, python=platform.python_version()))
+      versions=dict(torch=torch.__version__, python=platform.python_version(),
+                    executable=sys.executable))
 
 
 def source_info() -> dict:
@@ -589,7 +590,8 @@ def run_jax(args) -> dict:
       xla_flags=os.environ.get("XLA_FLAGS", ""),
       foreign_cpu_s=round(load.foreign_cpu_s, 1), foreign_load=round(load.foreign_load, 3),
       versions=dict(jax=jax.__version__, jaxlib=jax.lib.__version__,
-                    python=platform.python_version(), devices=str(jax.devices())))
+                    python=platform.python_version(), executable=sys.executable,
+                    devices=str(jax.devices())))
 
 
 def _jax_cascade_with_fab(args, aa, logits_fn, x, y, attacks, overrides, current):

@@ -334,7 +334,7 @@ def run_torch_child(spec: dict) -> dict:
       robust_flags="".join("1" if r else "0" for r in robust),
       logits_max_abs_diff=diff, threads=torch.get_num_threads(),
       versions=dict(torch=torch.__version__, torchattacks=torchattacks.__version__,
-                    numpy=np.__version__))
+                    numpy=np.__version__, executable=sys.executable))
 
 
 # ----------------------------------------------------------------------------
