@@ -27,6 +27,11 @@ to read its log.
 * ``--impl both``: the two, one after the other, each in its own process (no
   shared thread pools; ``ru_maxrss`` of each process is its own peak memory).
 
+torch need not be importable in the library's environment: with
+``--torch_python PATH`` the torch side runs under PATH (an interpreter with
+numpy and a CPU torch; it never imports jax or jaxrobust) and the weight
+export it needs (``--impl export``) runs in this interpreter.
+
 Every process reports per-attack cumulative robust accuracy and seconds,
 total seconds, peak RSS, and the CPU time other processes used meanwhile
 (the machine may be shared). JAX also reports its trace + compile seconds per
@@ -44,6 +49,9 @@ Usage::
     # the plus version, L2 (eps 0.5)
     python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref \
         --n 500 --version plus --norm l2 --out bench_aa_plus_l2.json
+    # torch in another environment
+    python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref \
+        --torch_python /path/to/torch-venv/bin/python --n 500 --out bench_aa.json
     # quick debug run: 20 points, custom attack list
     python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref --n 20 \
         --attacks apgd_ce,apgd_t --square_queries 100
@@ -51,7 +59,7 @@ Usage::
     python benchmarks/bench_autoattack.py --impl both --aa_path /tmp/aa_ref \
         --model preact_resnet18 --n 32 --bs 32 --attacks apgd_ce
 
-Requires the ``bench`` extra (a CPU torch).
+Requires a CPU torch: the ``bench`` extra, or ``--torch_python``.
 """
 from __future__ import annotations
 
@@ -334,6 +342,35 @@ def torch_model(name: str):
 # ----------------------------------------------------------------------------
 
 _LOG_AFTER = re.compile(r"robust accuracy after ([A-Z0-9-]+): ([0-9.]+)% \(total time ([0-9.]+) s\)")
+_LOG_CLEAN = re.compile(r"initial accuracy: ([0-9.]+)%")
+
+
+def parse_reference_log(lines, n: int):
+  """Reads the reference AutoAttack's ``verbose=True`` log (``autoattack.py``).
+
+  Args:
+    lines: the logged strings, in order.
+    n: number of evaluated points; the log prints percentages with 2
+      decimals, so each accuracy is rounded back to a multiple of ``1 / n``.
+
+  Returns:
+    ``(clean, robust_accuracy, seconds, total)``: the initial (clean) accuracy
+    (None if not logged), ``{attack: cumulative robust accuracy}`` and
+    ``{attack: seconds of that attack}`` in registry spelling (``'apgd_ce'``),
+    and the cumulative seconds after the last attack (0.0 if none).
+  """
+  ra, secs, prev, clean = {}, {}, 0.0, None
+  for s in lines:
+    m = _LOG_AFTER.search(s)
+    if m:
+      name = canonical(m.group(1))
+      ra[name] = round(float(m.group(2)) / 100.0 * n) / n
+      secs[name] = round(float(m.group(3)) - prev, 2)
+      prev = float(m.group(3))
+    m = _LOG_CLEAN.search(s)
+    if m:
+      clean = round(float(m.group(1)) / 100.0 * n) / n
+  return clean, ra, secs, prev
 
 
 def run_torch(args) -> dict:
@@ -341,7 +378,7 @@ def run_torch(args) -> dict:
   with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "export.npz")
     t0 = time.time()
-    subprocess.run([sys.executable, os.path.abspath(__file__), "--impl", "export",
+    subprocess.run([args.jax_python, os.path.abspath(__file__), "--impl", "export",
                     "--export_to", path] + _common_argv(args), check=True)
     export_s = time.time() - t0
     with np.load(path) as z:
@@ -403,18 +440,7 @@ def run_torch(args) -> dict:
   robust = (pred.argmax(-1) == yt).numpy()
   linf = float((x_adv - xt).abs().max())
   l2 = float((x_adv - xt).reshape(len(xt), -1).norm(dim=1).max())
-  ra, secs, prev = {}, {}, 0.0
-  clean = None
-  for _, s in lines:
-    m = _LOG_AFTER.search(s)
-    if m:
-      name = canonical(m.group(1))
-      ra[name] = round(float(m.group(2)) / 100.0 * len(x)) / len(x)  # the log rounds
-      secs[name] = round(float(m.group(3)) - prev, 2)
-      prev = float(m.group(3))
-    m = re.search(r"initial accuracy: ([0-9.]+)%", s)
-    if m:
-      clean = round(float(m.group(1)) / 100.0 * len(x)) / len(x)
+  clean, ra, secs, prev = parse_reference_log([s for _, s in lines], len(x))
   return dict(
       impl="torch (fra31/auto-attack)", aa_path=os.path.abspath(args.aa_path),
       aa_commit=_git_head(args.aa_path), aa_module=os.path.abspath(aa_mod.__file__),
@@ -428,7 +454,8 @@ def run_torch(args) -> dict:
       robust_flags="".join("1" if r else "0" for r in robust),
       export_seconds=round(export_s, 1), peak_rss_mib=round(peak_rss_mib(), 1),
       foreign_cpu_s=round(load.foreign_cpu_s, 1), foreign_load=round(load.foreign_load, 3),
-      versions=dict(torch=torch.__version__, python=platform.python_version()))
+      versions=dict(torch=torch.__version__, python=platform.python_version(),
+                    executable=sys.executable))
 
 
 def source_info() -> dict:
@@ -563,7 +590,8 @@ def run_jax(args) -> dict:
       xla_flags=os.environ.get("XLA_FLAGS", ""),
       foreign_cpu_s=round(load.foreign_cpu_s, 1), foreign_load=round(load.foreign_load, 3),
       versions=dict(jax=jax.__version__, jaxlib=jax.lib.__version__,
-                    python=platform.python_version(), devices=str(jax.devices())))
+                    python=platform.python_version(), executable=sys.executable,
+                    devices=str(jax.devices())))
 
 
 def _jax_cascade_with_fab(args, aa, logits_fn, x, y, attacks, overrides, current):
@@ -656,6 +684,41 @@ def _common_argv(args):
           "--jax_fab", args.jax_fab]
 
 
+def _delegate_torch(args) -> bool:
+  """Whether the torch side must run in another interpreter (``--torch_python``)."""
+  # abspath, not realpath: a virtualenv's python is a link to the base interpreter.
+  return bool(args.torch_python) and (os.path.abspath(args.torch_python)
+                                      != os.path.abspath(sys.executable))
+
+
+def side_command(args, impl: str, out: str) -> list:
+  """The command line of one side's process.
+
+  The jax side runs in this interpreter; the torch side under
+  ``--torch_python`` (default: this one), told to export the weights with this
+  interpreter (``--jax_python``), so that it never imports jax or jaxrobust.
+  """
+  python = (args.torch_python or sys.executable) if impl == "torch" else sys.executable
+  cmd = [python, os.path.abspath(__file__), "--impl", impl, "--out", out,
+         "--aa_path", args.aa_path] + _common_argv(args)
+  if impl == "torch":
+    cmd += ["--jax_python", args.jax_python if args.impl == "torch" else sys.executable]
+  if args.compile_cache:
+    cmd += ["--compile_cache", args.compile_cache]
+  return cmd
+
+
+def _run_side(args, impl: str) -> dict:
+  with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+    path = f.name
+  try:
+    subprocess.run(side_command(args, impl, path), check=True)
+    with open(path, encoding="utf-8") as f:
+      return json.load(f)
+  finally:
+    os.unlink(path)
+
+
 def parse_args(argv=None):
   p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
   p.add_argument("--impl", choices=("jax", "torch", "both", "export"), default="both")
@@ -685,6 +748,13 @@ def parse_args(argv=None):
                       "its position (compose) or leave it out (skip)")
   p.add_argument("--compile_cache", default="",
                  help="JAX persistent compilation cache dir (a second run is 'warm')")
+  p.add_argument("--torch_python", "--torch-python", dest="torch_python", default="",
+                 help="interpreter with torch (numpy, no jax needed) for the torch side; "
+                      "default: this one")
+  p.add_argument("--jax_python", default=sys.executable,
+                 help="interpreter with jax and jaxrobust for the weight export of --impl "
+                      "torch (default: this one; set by the parent when it runs the torch "
+                      "side under --torch_python)")
   p.add_argument("--export_to", default="")
   p.add_argument("--out", default="", help="write the JSON result here")
   args = p.parse_args(argv)
@@ -702,22 +772,15 @@ def main(argv=None) -> int:
               date=time.strftime("%Y-%m-%d %H:%M:%S"), argv=sys.argv)
   if args.impl == "jax":
     info["source"] = source_info()
-  if args.impl in ("jax", "torch"):
+  if args.impl == "jax" or args.impl == "torch" and not _delegate_torch(args):
     out = run_jax(args) if args.impl == "jax" else run_torch(args)
     out["machine"] = info
+  elif args.impl == "torch":  # run under --torch_python, this interpreter exports.
+    out = _run_side(args, "torch")
   else:
     out = {"machine": info}
     for impl in ("jax", "torch"):
-      with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
-        path = f.name
-      cmd = [sys.executable, os.path.abspath(__file__), "--impl", impl, "--out", path,
-             "--aa_path", args.aa_path] + _common_argv(args)
-      if args.compile_cache:
-        cmd += ["--compile_cache", args.compile_cache]
-      subprocess.run(cmd, check=True)
-      with open(path, encoding="utf-8") as f:
-        out[impl] = json.load(f)
-      os.unlink(path)
+      out[impl] = _run_side(args, impl)
     j, t = out["jax"], out["torch"]
     out["speedup_attacks"] = round(t["seconds_attacks"] / j["seconds_attacks"], 2)
     out["speedup_total"] = round(t["seconds_total"] / j["seconds_total"], 2)
