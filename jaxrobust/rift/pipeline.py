@@ -351,6 +351,14 @@ def stage_mrc(run: _Run) -> dict:
   return mrc
 
 
+def _check_module(run: _Run, module: str) -> None:
+  """Raises ConfigError unless ``module`` is a conv/dense module of the AT model."""
+  all_modules = list_modules(run.at.params)
+  if module not in {m.name for m in all_modules}:
+    raise ConfigError(f"config.finetune.module={module!r} is not a conv/dense module of the "
+                      f"model; modules are {[m.name for m in all_modules]}")
+
+
 def choose_module(run: _Run, mrc: dict) -> str:
   """``config.finetune.module`` or the lowest-MRC module; plots and prints the ranking.
 
@@ -359,11 +367,8 @@ def choose_module(run: _Run, mrc: dict) -> str:
   """
   config = run.config
   rows = mrc["modules"]
-  all_modules = list_modules(run.at.params)
   module = config.finetune.module or mrc["least_critical"]
-  if module not in {m.name for m in all_modules}:
-    raise ConfigError(f"config.finetune.module={module!r} is not a conv/dense module of the "
-                      f"model; modules are {[m.name for m in all_modules]}")
+  _check_module(run, module)
   plot_mrc(rows, os.path.join(run.workdir, "mrc.png"), module)
   _say("MRC (lowest first): " + ", ".join(
       f"{r['name']} {r['mrc']:.3f}" for r in sorted(rows, key=lambda r: r["mrc"])))
@@ -550,6 +555,8 @@ def run_rift(config, workdir: str, should_stop: Callable[[], str | None] | None 
   """
   run = _prepare(config, workdir)
   run.should_stop = should_stop
+  if config.finetune.module:  # a misnamed module fails now, not after the MRC sweep.
+    _check_module(run, config.finetune.module)
   timings = {}
   mrc = stage_mrc(run)
   timings["mrc"] = mrc["seconds"]

@@ -113,6 +113,7 @@ def test_cli_bad_input_gives_one_clear_error(tmp_path, repo_root, at_run):
   proc = _cli(cfg, f"--config.at_workdir={at_run}", "--config.finetune.module=nope",
               "--config.reinit.modes=()", f"--workdir={tmp_path / 'w'}", cwd=tmp_path)
   assert proc.returncode == 2 and "is not a conv/dense module" in proc.stderr, proc.stderr[-500:]
+  assert not (tmp_path / "w" / "mrc.json").exists()  # refused before the MRC sweep ran
 
 
 def test_official_protocol_end_to_end(at_run, tmp_path, monkeypatch):
