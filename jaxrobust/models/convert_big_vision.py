@@ -55,7 +55,6 @@ does by default. Build the model with ``gelu_approximate=True``
 """
 from __future__ import annotations
 
-import os
 import re
 from typing import Mapping
 
@@ -63,7 +62,7 @@ import numpy as np
 from flax import nnx
 
 from jaxrobust.errors import CheckpointError
-from jaxrobust.models.convert_timm import (fit_to_model, load_state_dict_npz,
+from jaxrobust.models.convert_timm import (fit_to_model, load_converted_into,
                                            patch_kernel_block_sum, resize_pos_embed)
 
 PREFIXES = ("opt/target/", "params/img/", "params/", "")
@@ -235,15 +234,8 @@ def load_big_vision_into(model: nnx.Module, arrays_or_path, *,
     CheckpointError: see :func:`jaxrobust.models.convert_timm.load_state_dict_npz`
       and :func:`convert_big_vision_npz`.
   """
-  if isinstance(arrays_or_path, (str, os.PathLike)):
-    source = source or str(arrays_or_path)
-    arrays_or_path = load_state_dict_npz(str(arrays_or_path))
-  source = source or "checkpoint"
-  out = convert_big_vision_npz(arrays_or_path, model, source=source)
-  state = nnx.state(model, nnx.Param)
-  nnx.replace_by_pure_dict(state, out["params"])
-  nnx.update(model, state)
-  return {"kept": out["kept"], "resized": out["resized"]}
+  return load_converted_into(model, arrays_or_path, convert_big_vision_npz, source=source,
+                             default_source="checkpoint")
 
 
 def to_big_vision_params(model: nnx.Module) -> dict[str, np.ndarray]:

@@ -379,11 +379,22 @@ def load_timm_into(model: nnx.Module, state_dict_or_path, *, source: str | None 
     CheckpointError: see :func:`load_state_dict_npz` and
       :func:`convert_timm_state_dict`.
   """
-  if isinstance(state_dict_or_path, (str, os.PathLike)):
-    source = source or str(state_dict_or_path)
-    state_dict_or_path = load_state_dict_npz(str(state_dict_or_path))
-  source = source or "state dict"
-  out = convert_timm_state_dict(state_dict_or_path, model, source=source)
+  return load_converted_into(model, state_dict_or_path, convert_timm_state_dict,
+                             source=source, default_source="state dict")
+
+
+def load_converted_into(model: nnx.Module, arrays_or_path, convert: Callable, *,
+                        source: str | None, default_source: str) -> dict:
+  """Reads ``arrays_or_path`` (a mapping or an ``.npz`` path), converts, loads into ``model``.
+
+  ``convert(arrays, model, source=...)`` returns ``{'params', 'kept', 'resized'}``
+  (:func:`convert_timm_state_dict`, ``convert_big_vision_npz``); the parameters
+  replace the model's in place. Returns the ``kept`` / ``resized`` report.
+  """
+  if isinstance(arrays_or_path, (str, os.PathLike)):
+    source = source or str(arrays_or_path)
+    arrays_or_path = load_state_dict_npz(str(arrays_or_path))
+  out = convert(arrays_or_path, model, source=source or default_source)
   state = nnx.state(model, nnx.Param)
   nnx.replace_by_pure_dict(state, out["params"])
   nnx.update(model, state)
