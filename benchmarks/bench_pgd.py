@@ -511,7 +511,8 @@ def parse_args(argv=None):
                  help=f"comma-separated subset of {','.join(PARTS)}")
   p.add_argument("--unroll", default="default",
                  help="jax_pgd/jax_train unroll factors, comma-separated; 'default' is "
-                      "jaxrobust's default_unroll")
+                      "jaxrobust's own (jax_pgd: default_unroll; jax_train: the train "
+                      "step's jaxrobust.methods.registry.TRAIN_UNROLL)")
   p.add_argument("--jax-impl", default="library",
                  help="jax_pgd variant(s): 'library' (jaxrobust.attacks.pgd, jax.grad of "
                       "the summed loss), 'vjp' (jax.vjp with a ones cotangent) and/or "

@@ -123,7 +123,8 @@ def effective_attack(cfg) -> dict:
   cfg = _plain(dict(cfg))
   fn = _attack_fns()[cfg["name"]]
   out = {k: p.default for k, p in inspect.signature(fn).parameters.items()
-         if p.default is not inspect.Parameter.empty and k not in ("unroll", "ref_logits", "y", "return_trace")}
+         if p.default is not inspect.Parameter.empty and k not in ("unroll", "ref_logits", "y", "return_trace",
+                                                                   "model_state")}
   out.update({k: v for k, v in cfg.items() if v is not None})
   return {k: _plain(v) for k, v in sorted(out.items())}
 

@@ -10,7 +10,9 @@ pass the eval view for evaluation), or a stochastic model
 ``logits_fn(x, key)`` marked with :func:`jaxrobust.attacks.stochastic`, which
 gets a fresh key (derived from ``rng``) in every forward pass; ``x`` is float32
 ``[B, H, W, C]`` in [0, 1] and ``y`` int32 ``[B]``. The result is float32 like ``x``, ``stop_gradient``-ed,
-within ``eps`` of ``x`` in the chosen norm and inside [0, 1].
+within ``eps`` of ``x`` in the chosen norm and inside [0, 1]. With ``model_state`` the
+model is ``logits_fn(x, state) -> (logits, state)`` and the state (a train-mode model's
+BatchNorm running averages) is threaded through its forward passes in order.
 
 The iteration is a ``lax.fori_loop`` whose body is unrolled ``unroll`` times:
 compile time is bounded by ``unroll`` whatever ``num_steps`` is. On XLA:CPU a
@@ -20,13 +22,13 @@ BENCHMARKS.md), so :func:`default_unroll` unrolls on CPU.
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 
 from jaxrobust.attacks._losses import LOSSES
-from jaxrobust.attacks._model import call_logits, model_key
+from jaxrobust.attacks._model import call_logits, is_stochastic, model_key
 from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction,
                                             project, random_init)
 from jaxrobust.types import AnyLogitsFn
@@ -41,17 +43,22 @@ def default_unroll(num_steps: int) -> int:
   return 1
 
 
-def _objective_fn(logits_fn, loss: str, targeted: bool, kappa: float) -> Callable:
+def _value_fn(loss: str, targeted: bool, kappa: float) -> Callable:
+  """``(logits, target) -> per-example objective`` (maximised)."""
   if loss not in LOSSES:
     raise ValueError(f"unknown attack loss {loss!r}; use one of {sorted(LOSSES)}")
   base = LOSSES[loss]
   if loss == "cw":
     base = functools.partial(base, kappa=kappa)
+  return (lambda logits, target: -base(logits, target)) if targeted else base
+
+
+def _objective_fn(logits_fn, loss: str, targeted: bool, kappa: float) -> Callable:
+  value_fn = _value_fn(loss, targeted, kappa)
 
   def objective(x_adv, target, key):
     logits = call_logits(logits_fn, x_adv, key)
-    value = base(logits, target)
-    return (-value if targeted else value), logits
+    return value_fn(logits, target), logits
 
   return objective
 
@@ -66,7 +73,7 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
         loss: str = "ce", random_start: str = "uniform", targeted: bool = False,
         num_restarts: int = 1, early_stop: bool = False, kappa: float = 50.0,
         ref_logits: jax.Array | None = None, unroll: int | None = None,
-        return_trace: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+        return_trace: bool = False, model_state: Any = None) -> jax.Array | tuple:
   """PGD with L-inf or L2 threat model (Madry et al. 2018, eq. 2.1/2.2).
 
   Each step: ``x <- Proj_{B(x0, eps) ∩ [0,1]}(x + step_size * dir(grad))`` with
@@ -76,7 +83,8 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   Args:
     logits_fn: pure ``x -> logits`` (float32 ``[B, K]``), or a stochastic
       ``(x, key) -> logits`` (:func:`jaxrobust.attacks.stochastic`): every
-      forward pass then gets a fresh key derived from ``rng``.
+      forward pass then gets a fresh key derived from ``rng``. With
+      ``model_state``: ``(x, state) -> (logits, new_state)``.
     rng: PRNG key for the random start(s) (and a stochastic model's keys).
     x: float32 ``[B, H, W, C]`` in [0, 1].
     y: int32 ``[B]``: true labels (untargeted) or target labels (targeted).
@@ -106,17 +114,30 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     unroll: ``fori_loop`` unroll factor; None -> :func:`default_unroll`.
     return_trace: also return the inputs of every forward pass of the model,
       in order (what a train-mode PyTorch attack updates BatchNorm running
-      averages with; :func:`jaxrobust.methods.attack_bn_updates`).
+      averages with).
+    model_state: a pytree threaded through the model's forward passes, in
+      order: each pass calls ``logits_fn(x_pass, state)`` with the state the
+      previous pass returned, starting from ``model_state``. For a train-mode
+      model with ``(x, state) -> model.apply(params, state, x, train=True)``
+      it is the BatchNorm running averages, updated by every pass as
+      PyTorch's train-mode attack does
+      (:func:`jaxrobust.methods.attack_bn_updates`), with no pass run twice.
+      The logits and so ``x_adv`` must not depend on the state (train-mode
+      BatchNorm normalises with batch statistics): then ``x_adv`` equals that
+      of the same attack on ``lambda x: logits_fn(x, model_state)[0]``.
 
   Returns:
     float32 ``x_adv`` like ``x``; no gradient flows through it. With
     ``return_trace``: ``(x_adv, trace)``, ``trace`` float32 ``[P, B, H, W,
     C]``: the clean ``x`` when ``loss='kl'`` computes its own reference, then
-    the point of each of the ``num_steps`` gradient evaluations.
+    the point of each of the ``num_steps`` gradient evaluations. With
+    ``model_state``: ``(x_adv, state)`` (``(x_adv, trace, state)`` with both),
+    the state after those ``P`` passes.
 
   Raises:
     ValueError: invalid norm, loss, random start, eps, step size or step
-      count, or ``return_trace`` with ``num_restarts > 1``.
+      count; ``return_trace`` or ``model_state`` with ``num_restarts > 1``;
+      ``model_state`` with a stochastic ``logits_fn``.
   """
   if norm not in NORMS:
     raise ValueError(f"unknown norm {norm!r}; use one of {NORMS}")
@@ -126,54 +147,79 @@ def pgd(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
     raise ValueError(f"eps ({eps}) and step_size ({step_size}) must be > 0")
   if num_steps < 1 or num_restarts < 1:
     raise ValueError(f"num_steps ({num_steps}) and num_restarts ({num_restarts}) must be >= 1")
-  if return_trace and num_restarts != 1:
-    raise ValueError(f"return_trace needs num_restarts == 1, got {num_restarts}")
+  stateful = model_state is not None
+  if (return_trace or stateful) and num_restarts != 1:
+    raise ValueError(f"return_trace and model_state need num_restarts == 1, got {num_restarts}")
+  if stateful and is_stochastic(logits_fn):
+    raise ValueError("model_state needs a deterministic logits_fn (x, state) -> (logits, "
+                     "state), got a stochastic one")
   x = jax.lax.stop_gradient(x.astype(jnp.float32))
+  state = model_state
+
+  def forward(x_pass, key, state):
+    """One forward pass: ``(logits, state)``; the state is threaded only when stateful."""
+    if stateful:
+      return logits_fn(x_pass, state)
+    return call_logits(logits_fn, x_pass, key), state
+
   target = y
+  own_ref = loss == "kl" and ref_logits is None
   if loss == "kl":
-    target = jax.lax.stop_gradient(call_logits(logits_fn, x, model_key(rng, 0))
-                                   if ref_logits is None else ref_logits)
-  objective = _objective_fn(logits_fn, loss, targeted, kappa)
-  grad_fn = jax.grad(lambda xa, key: _sum_aux(objective(xa, target, key)), has_aux=True)
+    if ref_logits is None:
+      ref_logits, state = forward(x, model_key(rng, 0), state)
+    target = jax.lax.stop_gradient(ref_logits)
+  objective = _objective_fn(logits_fn, loss, targeted, kappa)  # restarts (stateless)
+  value_fn = _value_fn(loss, targeted, kappa)
+
+  def summed_objective(x_adv, key, state):
+    logits, state = forward(x_adv, key, state)
+    return jnp.sum(value_fn(logits, target)), (logits, state)
+
+  grad_fn = jax.grad(summed_objective, has_aux=True)
   unroll = default_unroll(num_steps) if unroll is None else unroll
 
-  def step(r, i, x_adv):
-    g, logits = grad_fn(x_adv, model_key(rng, 1, r, i))
+  def step(r, i, x_adv, state=None):
+    g, (logits, state) = grad_fn(x_adv, model_key(rng, 1, r, i), state)
     x_new = project(x_adv + step_size * ascent_direction(g, norm), x, eps, norm)
     if early_stop:
       active = ~_is_success(logits, y, targeted)
       x_new = jnp.where(active[:, None, None, None], x_new, x_adv)
-    return x_new
+    return x_new, state
 
-  def run(key, r):
-    x_adv = project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
+  def loop(body, carry):
     if unroll >= num_steps:  # straight-line code: no while loop at all.
       for i in range(num_steps):
-        x_adv = step(r, i, x_adv)
-      return x_adv
-    return jax.lax.fori_loop(0, num_steps, functools.partial(step, r), x_adv, unroll=unroll)
+        carry = body(i, carry)
+      return carry
+    return jax.lax.fori_loop(0, num_steps, body, carry, unroll=unroll)
 
-  def run_traced(key):
-    x_adv = project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
-    trace = jnp.zeros((num_steps,) + x.shape, x.dtype)
+  def start(key):
+    return project(x + random_init(key, x, eps, norm, random_start), x, eps, norm)
+
+  def run(key, r):
+    return loop(lambda i, x_adv: step(r, i, x_adv)[0], start(key))
+
+  def run_passes(key, state):
+    """One run (restart 0) that also records the passes' inputs and / or threads the state."""
+    trace = jnp.zeros((num_steps,) + x.shape, x.dtype) if return_trace else None
 
     def body(i, carry):
-      x_a, tr = carry
-      return step(0, i, x_a), tr.at[i].set(x_a)
+      x_a, st, tr = carry
+      x_new, st = step(0, i, x_a, st)
+      return x_new, st, (None if tr is None else tr.at[i].set(x_a))
 
-    if unroll >= num_steps:
-      carry = (x_adv, trace)
-      for i in range(num_steps):
-        carry = body(i, carry)
-    else:
-      carry = jax.lax.fori_loop(0, num_steps, body, (x_adv, trace), unroll=unroll)
-    x_adv, trace = carry
-    if loss == "kl" and ref_logits is None:
-      trace = jnp.concatenate([x[None], trace])
-    return jax.lax.stop_gradient(x_adv), jax.lax.stop_gradient(trace)
+    x_adv, state, trace = loop(body, (start(key), state, trace))
+    out = (jax.lax.stop_gradient(x_adv),)
+    if return_trace:
+      if own_ref:  # the reference pass on the clean x came first.
+        trace = jnp.concatenate([x[None], trace])
+      out += (jax.lax.stop_gradient(trace),)
+    if stateful:
+      out += (jax.lax.stop_gradient(state),)
+    return out
 
-  if return_trace:
-    return run_traced(rng)
+  if return_trace or stateful:
+    return run_passes(rng, state)
   if num_restarts == 1:
     return jax.lax.stop_gradient(run(rng, 0))
 
@@ -204,8 +250,8 @@ def _sum_aux(value_and_logits):
 def fgsm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
          eps: float, step_size: float | None = None, norm: str = "linf", loss: str = "ce",
          random_start: str = "none", targeted: bool = False, kappa: float = 50.0,
-         ref_logits: jax.Array | None = None,
-         return_trace: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+         ref_logits: jax.Array | None = None, return_trace: bool = False,
+         model_state: Any = None) -> jax.Array | tuple:
   """Fast gradient sign method (Goodfellow et al. 2015): one projected step.
 
   With ``random_start='uniform'`` and ``step_size=1.25 * eps`` this is the
@@ -215,4 +261,4 @@ def fgsm(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
   return pgd(logits_fn, rng, x, y, eps=eps, step_size=eps if step_size is None else step_size,
              num_steps=1, norm=norm, loss=loss, random_start=random_start,
              targeted=targeted, kappa=kappa, ref_logits=ref_logits, unroll=1,
-             return_trace=return_trace)
+             return_trace=return_trace, model_state=model_state)

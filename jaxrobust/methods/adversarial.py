@@ -6,8 +6,8 @@ against the current weights (no gradient through x_adv).
 BatchNorm of the attack (``attack_bn``): ``'train'`` (batch statistics, the
 official Madry and Rice et al. / AWP code) or ``'eval'`` (running averages).
 Running averages: PyTorch's train-mode attack updates them on every attack
-pass, and ``config.train.attack_bn_updates='official'`` (the default) replays
-that sequence (:class:`jaxrobust.methods.base.AttackBNUpdates`):
+pass, and ``config.train.attack_bn_updates='official'`` (the default) applies
+that sequence from the attack's own passes (:class:`jaxrobust.methods.base.AttackBNUpdates`):
 PGD-AT's ``num_steps`` attack passes, ``attack_pgd``'s final pass on ``x_adv``
 and the training pass (Rice et al. / AT-AWP); FGSM-AT's one attack pass and
 the training pass (``fast_adversarial:train_fgsm.py``). With ``'none'`` only

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 from jaxrobust.errors import ConfigError
 
 from jaxrobust.models.functional import ModelFns  # noqa: F401  (re-exported)
+from jaxrobust.types import is_stochastic
 
 
 def train_passes(model: ModelFns, params, batch_stats, inputs: Mapping[str, jax.Array],
@@ -144,7 +145,8 @@ def attack_in_view(attack: Callable, model: ModelFns, params, batch_stats, x, y,
 
 
 def attack_bn_updates(attack: Callable, model: ModelFns, params, batch_stats, x, y, rng, *,
-                      extra_passes: int = 0, **extra) -> tuple[jax.Array, Any]:
+                      extra_passes: int = 0, replay: bool = False,
+                      **extra) -> tuple[jax.Array, Any]:
   """A train-view attack and the running averages its forward passes leave, as PyTorch's.
 
   In PyTorch every forward pass of a model in train mode updates each
@@ -154,14 +156,23 @@ def attack_bn_updates(attack: Callable, model: ModelFns, params, batch_stats, x,
   ``num_steps`` passes plus one on the final point (its restart-selection
   loss), ARD's and IAD's ``AttackPGD`` ``num_steps`` passes before the loss
   passes. This runs the attack exactly as :func:`attack_in_view` does in the
-  ``'train'`` view (same key, same ``x_adv``), takes the inputs of its
-  passes (``return_trace``), and folds one train-mode update per pass, in
-  order, from ``batch_stats``; train-mode logits do not depend on the running
-  averages, so the sequence is exact.
+  ``'train'`` view (same key, same ``x_adv``) and threads the running
+  averages through its forward passes (the attack's ``model_state``): each
+  train-mode pass of the attack returns them updated with its own batch
+  statistics, in order, from ``batch_stats``, so no pass is run twice and
+  no input is stored, whatever the attack's loop unroll. Train-mode logits
+  do not depend on the running averages, so the sequence is exact.
+
+  A stochastic model (:func:`jaxrobust.attacks.stochastic`, e.g. input
+  noise) and ``replay=True`` instead take the inputs of the attack's passes
+  (``return_trace``) and replay one deterministic train-mode pass per input
+  (``key=None``) to get its statistics: the earlier form, kept as the
+  reference the threaded form is tested against.
 
   Args:
-    attack: ``attack(logits_fn, rng, x, y, return_trace=True, **extra) ->
-      (x_adv, trace)`` (the built-in ``pgd`` / ``fgsm``).
+    attack: ``attack(logits_fn, rng, x, y, model_state=..., **extra) ->
+      (x_adv, state)`` (and ``return_trace=True`` for the replay): the
+      built-in ``pgd`` / ``fgsm``.
     model: the student's :class:`ModelFns`.
     params, batch_stats: its weights and running averages before the attack.
     x: float32 ``[B, H, W, C]`` clean batch in [0, 1].
@@ -169,6 +180,7 @@ def attack_bn_updates(attack: Callable, model: ModelFns, params, batch_stats, x,
     rng: the step's PRNG key (the attack gets ``fold_in(rng, 0)``).
     extra_passes: further passes on ``x_adv`` after the attack's own (1 for
       ``attack_pgd``'s final ``all_loss`` pass).
+    replay: use the trace-and-replay form (see above).
     **extra: passed to the attack.
 
   Returns:
@@ -179,9 +191,24 @@ def attack_bn_updates(attack: Callable, model: ModelFns, params, batch_stats, x,
     ConfigError: the attack cannot report its forward passes.
   """
   logits_fn = model.logits_fn(params, batch_stats, bn="train")
+  key = jax.random.fold_in(rng, 0)
+  if not replay and not is_stochastic(logits_fn) and batch_stats is not None:
+
+    def forward(x_pass, stats):
+      return model.apply(params, stats, x_pass, train=True)
+
+    try:
+      x_adv, new_stats = attack(forward, key, x, y, model_state=batch_stats, **extra)
+    except TypeError as e:
+      raise ConfigError(f"config.train.attack_bn_updates='official' needs an attack that "
+                        f"threads the BatchNorm state through its forward passes "
+                        f"(model_state: the built-in pgd / fgsm); {e}") from e
+    for _ in range(extra_passes):
+      new_stats = model.apply(params, new_stats, x_adv, train=True)[1]
+    return x_adv, new_stats
+
   try:
-    x_adv, trace = attack(logits_fn, jax.random.fold_in(rng, 0), x, y, return_trace=True,
-                          **extra)
+    x_adv, trace = attack(logits_fn, key, x, y, return_trace=True, **extra)
   except TypeError as e:
     raise ConfigError(f"config.train.attack_bn_updates='official' needs an attack that reports "
                       f"its forward passes (return_trace: the built-in pgd / fgsm); {e}") from e
@@ -215,9 +242,13 @@ class AttackBNUpdates:
     base: the method.
     extra_passes: passes on ``x_adv`` after the attack's (see
       :func:`attack_bn_updates`).
+    replay: the trace-and-replay form of :func:`attack_bn_updates` (same
+      ``x_adv`` and running averages up to float rounding, more work; a
+      reference for tests).
   """
   base: Any
   extra_passes: int = 0
+  replay: bool = False
 
   @property
   def name(self) -> str:
@@ -233,7 +264,7 @@ class AttackBNUpdates:
     """``(x_adv, batch_stats)``: ``base``'s ``x_adv`` and the running averages after it."""
     del frozen, step
     return attack_bn_updates(self.base.attack, model, params, batch_stats, x, y, rng,
-                             extra_passes=self.extra_passes)
+                             extra_passes=self.extra_passes, replay=self.replay)
 
   def loss(self, params, batch_stats, model, x, y, aux, rng, frozen=None, step=None):
     """``base.loss`` from the running averages after the attack passes."""

@@ -31,7 +31,7 @@ from typing import Any, Callable, Mapping
 
 import ml_collections
 
-from jaxrobust.attacks import attack_from_config
+from jaxrobust.attacks import attack_from_config, resolve_attack_name
 from jaxrobust.attacks.threat import attack_config
 from jaxrobust.errors import ConfigError
 
@@ -46,6 +46,12 @@ BN_UPDATES = ("official", "once")
 # config.train.attack_bn_updates: 'none' (attack passes leave the running averages alone) or
 # 'official' (each train-view attack pass updates them, in order, as PyTorch's train mode).
 ATTACK_BN_UPDATES = ("none", "official")
+# Loop unroll of a training attack whose config leaves ``unroll`` unset (BuildContext.attack):
+# a fori_loop, whatever the backend. Standalone attacks and evaluation keep
+# jaxrobust.attacks.default_unroll (straight-line code on CPU). Measured in the PGD-AT step of
+# PreAct-ResNet-18 on CPU (benchmarks/bench_pgd.py --parts jax_train, BENCHMARKS.md): the
+# straight-line PGD-10 compiles 4-5x longer and runs no faster.
+TRAIN_UNROLL = 1
 # Random-crop padding of the training images (``config.data.pad_mode``): torchvision's
 # ``RandomCrop(padding=4)`` pads with zeros (``'constant'``); Rice et al. / AT-AWP pad the
 # whole training set with ``np.pad(mode='reflect')`` once (``AT_AWP/utils.py`` ``pad``).
@@ -68,12 +74,16 @@ class BuildContext:
     method: the method's name (error messages).
     attack_bn_updates: ``config.train.attack_bn_updates`` (one of
       :data:`ATTACK_BN_UPDATES`; see :meth:`attack_passes_update_bn`).
+    train_unroll: the loop unroll of a training attack that takes ``unroll``
+      (PGD) when ``config.method.attack.unroll`` is unset (:meth:`attack`);
+      None keeps the attack's own default.
   """
   steps_per_epoch: int | None = None
   teachers: tuple = ()
   weight_decay: float = 0.0
   method: str = ""
   attack_bn_updates: str = "official"
+  train_unroll: int | None = TRAIN_UNROLL
 
   def attack_passes_update_bn(self, method, extra_passes: int = 0):
     """``method``, wrapped so that its train-view attack passes update BatchNorm running averages.
@@ -111,6 +121,13 @@ class BuildContext:
              kl_attacks: tuple[str, ...] = ()) -> Callable:
     """The training attack ``attack(logits_fn, rng, x, y, **extra) -> x_adv``.
 
+    A PGD attack whose config leaves ``unroll`` unset runs its loop with
+    ``unroll=train_unroll`` (:data:`TRAIN_UNROLL`: a ``fori_loop``, compiled
+    once whatever ``num_steps`` is) instead of the standalone attack's
+    :func:`jaxrobust.attacks.default_unroll`: the same iteration in another
+    program (results equal up to float rounding). An explicit
+    ``config.method.attack.unroll`` wins.
+
     Args:
       settings: the method's resolved settings; ``settings['attack']`` is the
         attack config with ``eps`` / ``norm`` filled
@@ -138,6 +155,9 @@ class BuildContext:
     if name not in tuple(names) + tuple(kl_attacks):
       raise ConfigError(f"method {self.method!r} needs config.method.attack.name in "
                         f"{tuple(names) + tuple(kl_attacks)}, got {name!r}")
+    if (self.train_unroll is not None and "unroll" not in cfg
+        and resolve_attack_name(name) == "pgd"):
+      cfg["unroll"] = int(self.train_unroll)
     return attack_from_config(cfg)
 
 
@@ -408,6 +428,6 @@ def unit_interval(settings: Mapping[str, Any], key: str, method: str) -> float:
 
 
 __all__ = ["ATTACK_BN_UPDATES", "BN_UPDATES", "BN_VIEWS", "BuildContext", "MethodSpec", "PAD_MODES",
-           "TEACHER_SETTINGS", "choice", "get_method", "method_config", "method_from_config", "method_settings",
+           "TEACHER_SETTINGS", "TRAIN_UNROLL", "choice", "get_method", "method_config", "method_from_config", "method_settings",
            "num_teachers", "official_pad_mode", "positive", "register_method",
            "registered_methods", "unit_interval"]

@@ -437,3 +437,30 @@ def test_train_step_runs_under_jit(key):
                                                    jax.tree.leaves(state.params)))
   if n:  # the teacher passes through the step untouched
     _close(state.frozen, frozen, rtol=0, atol=0)
+
+
+def _has_loop(fn, *args) -> bool:
+  """Whether ``fn`` traces to a loop (``fori_loop`` with static bounds is a ``scan``)."""
+  jaxpr = str(jax.make_jaxpr(fn)(*args))
+  return "scan[" in jaxpr or "while[" in jaxpr
+
+
+@pytest.mark.parametrize("name,attack", [("pgd_at", PGD), ("trades", KL)])
+def test_training_attack_runs_its_loop_unrolled_train_unroll_times(name, attack):
+  # config.method.attack.unroll unset: TRAIN_UNROLL (1, a fori_loop) in the train step, where
+  # the standalone attack would run straight-line code on CPU; an explicit unroll wins.
+  from jaxrobust.methods.registry import TRAIN_UNROLL  # pylint: disable=g-import-not-at-top
+  assert TRAIN_UNROLL == 1
+  fns, params, bs = _setup()
+  x, y = _batch(4)
+  attack = dict(attack, num_steps=3)
+
+  def perturb(cfg):
+    method = method_from_config(dict(name=name, attack=cfg), **OWN_PASSES)
+    return lambda p, b, x, y, k: method.perturb(fns, p, b, x, y, k)
+
+  args = (params, bs, x, y, jax.random.PRNGKey(0))
+  assert _has_loop(perturb(attack), *args)
+  assert not _has_loop(perturb(dict(attack, unroll=3)), *args)
+  official = method_from_config(dict(name="pgd_at", attack=attack), attack_bn_updates="official")
+  assert _has_loop(lambda *a: official.perturb(fns, *a), *args)  # the threaded BN passes too

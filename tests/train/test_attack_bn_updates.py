@@ -6,18 +6,22 @@ zero running average; the tests compute that closed form and compare it with the
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxrobust.attacks import pgd, project, random_init
+from jaxrobust import parallel
+from jaxrobust.attacks import attack_from_config, pgd, project, random_init, stochastic
 from jaxrobust.data import to_float
 from jaxrobust.errors import ConfigError
-from jaxrobust.methods import AttackBNUpdates, ModelFns, method_from_config
+from jaxrobust.methods import AttackBNUpdates, ModelFns, attack_bn_updates, method_from_config
 from jaxrobust.models import create_model
-from jaxrobust.train import (create_train_state, default_config, make_optimizer, make_train_step,
-                             validate_config)
+from jaxrobust.train import (create_train_state, default_config, jit_train_step, make_optimizer,
+                             make_train_step, split_model, validate_config)
 
 EPS, STEP = 8 / 255, 2 / 255
 
@@ -132,3 +136,120 @@ def test_which_methods_are_wrapped():
   c.train.attack_bn_updates = "always"
   with pytest.raises(ConfigError, match="config.train.attack_bn_updates='always'"):
     validate_config(c)
+
+
+def _bn_model():
+  graphdef, params, batch_stats = split_model(create_model("simple_cnn_tiny"))
+  return ModelFns(graphdef), params, batch_stats
+
+
+@pytest.mark.parametrize("attack,extra", [
+    (dict(name="pgd", eps=EPS, step_size=STEP, num_steps=3, unroll=1), 1),  # fori_loop
+    (dict(name="pgd", eps=EPS, step_size=STEP, num_steps=3), 1),  # straight-line code
+    (dict(name="pgd", eps=EPS, step_size=STEP, num_steps=3, unroll=2), 0),  # loop + remainder
+    (dict(name="pgd", eps=EPS, step_size=STEP, num_steps=2, loss="kl", random_start="normal",
+          unroll=1), 0),  # its own reference pass on the clean x comes first
+    (dict(name="fgsm", eps=EPS, step_size=10 / 255, random_start="uniform"), 0)])
+def test_threaded_running_averages_equal_the_replay_of_the_trace(attack, extra):
+  # The attack's own passes carry the running averages (no trace, no pass run twice); the
+  # replay runs the attack, stores each pass's input and re-runs one train-mode pass per input.
+  fns, params, batch_stats = _bn_model()
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.uniform(size=(8, 16, 16, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+  atk = attack_from_config(attack)
+
+  def run(replay):
+    fn = lambda p, bs, x, y, k: attack_bn_updates(atk, fns, p, bs, x, y, k,  # noqa: E731
+                                                  extra_passes=extra, replay=replay)
+    return jax.jit(fn)(params, batch_stats, x, y, jax.random.PRNGKey(2))
+
+  x_adv, threaded = run(False)
+  x_rep, replayed = run(True)
+  np.testing.assert_array_equal(x_adv, x_rep)  # the same attack, bit for bit
+  for a, b, r0 in zip(jax.tree.leaves(threaded), jax.tree.leaves(replayed),
+                      jax.tree.leaves(batch_stats)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
+    assert not np.allclose(np.asarray(a), np.asarray(r0))  # the passes did update them
+
+
+def test_model_state_needs_one_deterministic_run():
+  fns, params, batch_stats = _bn_model()
+  x = jnp.zeros((2, 16, 16, 3), jnp.float32)
+  y = jnp.zeros((2,), jnp.int32)
+  fwd = lambda v, s: fns.apply(params, s, v, train=True)  # noqa: E731
+  with pytest.raises(ValueError, match="num_restarts"):
+    pgd(fwd, jax.random.PRNGKey(0), x, y, eps=EPS, step_size=STEP, num_steps=2, num_restarts=2,
+        model_state=batch_stats)
+  noisy = stochastic(lambda v, key: fns.apply(params, batch_stats, v, train=True)[0])
+  with pytest.raises(ValueError, match="deterministic"):
+    pgd(noisy, jax.random.PRNGKey(0), x, y, eps=EPS, step_size=STEP, num_steps=2,
+        model_state=batch_stats)
+
+
+def _step_pair(num_devices, attack, name):
+  """One train step with the threaded and with the replayed running averages."""
+  tx = make_optimizer(default_config().train, 10, 10)
+  graphdef, state = create_train_state(create_model("simple_cnn_tiny"), tx, seed=0)
+  fns = ModelFns(graphdef)
+  state = jax.device_get(state)  # host copy: each step gets (and donates) its own
+  official = method_from_config(dict(name=name, attack=attack, attack_bn="train"),
+                                attack_bn_updates="official")
+  mesh = parallel.make_mesh(num_devices)
+  rng = np.random.default_rng(0)
+  batch = parallel.global_batch({"image": rng.integers(0, 256, (16, 16, 16, 3), dtype=np.uint8),
+                                 "label": rng.integers(0, 10, 16).astype(np.int32)}, mesh)
+  out = []
+  for method in (official, dataclasses.replace(official, replay=True)):
+    step = jit_train_step(make_train_step(fns, method, tx), mesh)  # donates its state
+    out.append(jax.device_get(step(parallel.replicate(state, mesh), batch)))
+  return state, out
+
+
+@pytest.mark.parametrize("num_devices", [1, 8])
+@pytest.mark.parametrize("name,attack", [
+    ("pgd_at", dict(name="pgd", eps=EPS, step_size=STEP, num_steps=3, unroll=1)),
+    ("fgsm_at", dict(name="fgsm", eps=EPS, step_size=10 / 255, random_start="uniform"))])
+def test_train_step_is_unchanged_by_threading_the_running_averages(num_devices, name, attack):
+  assert jax.device_count() == 8, "conftest forces 8 CPU devices"
+  state, ((s_new, m_new), (s_rep, m_rep)) = _step_pair(num_devices, attack, name)
+  np.testing.assert_allclose(m_new["loss"], m_rep["loss"], rtol=1e-6)
+  np.testing.assert_array_equal(m_new["adv_accuracy"], m_rep["adv_accuracy"])
+  # One SGD step (lr 0.1) from the same weights: the same weights after it, the same gradients.
+  for a, b, w0 in zip(jax.tree.leaves(s_new.params), jax.tree.leaves(s_rep.params),
+                      jax.tree.leaves(state.params)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(a, w0, rtol=0, atol=1e-5)  # the step moved every weight
+  for a, b, r0 in zip(jax.tree.leaves(s_new.batch_stats), jax.tree.leaves(s_rep.batch_stats),
+                      jax.tree.leaves(state.batch_stats)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(a, r0)
+
+
+@pytest.mark.parametrize("name,attack", [
+    ("pgd_at", dict(name="pgd", eps=EPS, step_size=STEP, num_steps=3, unroll=1)),
+    ("fgsm_at", dict(name="fgsm", eps=EPS, step_size=10 / 255, random_start="uniform"))])
+def test_loss_gradients_and_running_averages_equal_the_replay(name, attack):
+  fns, params, batch_stats = _bn_model()
+  official = method_from_config(dict(name=name, attack=attack, attack_bn="train"),
+                                attack_bn_updates="official")
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.uniform(size=(8, 16, 16, 3)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 10, 8), jnp.int32)
+
+  @functools.partial(jax.jit, static_argnums=1)
+  def loss_and_grads(key, replay):
+    method = dataclasses.replace(official, replay=replay)
+    aux = method.perturb(fns, params, batch_stats, x, y, key)
+    return jax.value_and_grad(method.loss, has_aux=True)(params, batch_stats, fns, x, y, aux,
+                                                         key)
+
+  key = jax.random.PRNGKey(4)
+  (loss, (stats, _)), grads = loss_and_grads(key, False)
+  (loss_r, (stats_r, _)), grads_r = loss_and_grads(key, True)
+  np.testing.assert_allclose(loss, loss_r, rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_r)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    assert np.any(np.abs(a) > 1e-4)
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(stats_r)):
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
