@@ -36,6 +36,14 @@ if "TFDS_DATA_DIR" not in os.environ:
 import jax  # noqa: E402  pylint: disable=g-import-not-at-top
 import pytest  # noqa: E402  pylint: disable=g-import-not-at-top
 
+from jaxrobust.cli import apply_compilation_cache  # noqa: E402  pylint: disable=g-import-not-at-top
+
+# The test processes use the same cache as their CLI subprocesses: an in-process test that
+# builds a program another test (or a CLI run) already compiled (the smoke training step,
+# the MRC sweep, an attack) loads it from disk. A cached program is the compiled program:
+# results are bit-identical. Only programs compiling in >= 0.5 s are stored (the CLIs' rule).
+apply_compilation_cache()
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
