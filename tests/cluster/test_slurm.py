@@ -69,20 +69,42 @@ def _job_field(conf: str, job: str, field: str) -> str:
   return m.group(1) if m else ""
 
 
-def _final_params(workdir):
+def _final_params(*workdirs):
+  """The parameters of step NUM_STEPS of each workdir (one restore target built for all)."""
   tx = make_optimizer(default_config().train, 10, 10)
   target = create_train_state(create_model("simple_cnn_tiny"), tx, seed=3, ema=False)[1]
-  state, _ = Checkpointer(str(workdir / "checkpoints"), keep=30).restore(target, step=NUM_STEPS)
-  return state.params
+  return [Checkpointer(str(w / "checkpoints"), keep=30).restore(target, step=NUM_STEPS)[0].params
+          for w in workdirs]
 
 
 def test_sbatch_preempt_requeue_resume_equals_one_process(slurm, tmp_path, data_dir):
-  # The reference: one process with the same 4 devices, global batch and seed.
-  ref = subprocess.run([sys.executable, "-m", "jaxrobust.train", "--config", SMOKE, "--workdir",
-                        str(tmp_path / "ref"), *OVERRIDES], cwd=REPO, env=_env(4),
-                       capture_output=True, text=True, timeout=600)
-  assert ref.returncode == 0, ref.stderr[-3000:]
+  # The reference: one process with the same 4 devices, global batch and seed. It runs while
+  # the Slurm job does (that job spends much of its time waiting for Slurm: start, requeue).
+  ref_log = tmp_path / "ref.log"
+  with open(ref_log, "w", encoding="utf-8") as f:
+    ref = subprocess.Popen([sys.executable, "-m", "jaxrobust.train", "--config", SMOKE,
+                            "--workdir", str(tmp_path / "ref"), *OVERRIDES], cwd=REPO,
+                           env=_env(4), stdout=f, stderr=subprocess.STDOUT)
+  try:
+    _sbatch_preempt_requeue_resume(slurm, tmp_path, data_dir)
+    assert ref.wait(timeout=600) == 0, ref_log.read_text()[-3000:]
+  finally:
+    if ref.poll() is None:
+      ref.kill()
+      ref.wait()
 
+  workdir = tmp_path / "run"
+  got, want = _final_params(workdir, tmp_path / "ref")
+  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
+  # The test set, split over the two processes and gathered, gives the 1-process figures.
+  report = json.loads((workdir / "report.json").read_text())
+  ref_report = json.loads((tmp_path / "ref" / "report.json").read_text())
+  assert report["last"] == ref_report["last"] and report["last"]["count"] == 100
+
+
+def _sbatch_preempt_requeue_resume(slurm, tmp_path, data_dir):
+  """The 2-task job in ``tmp_path/run``: USR1 after its first metrics, requeue, resume."""
   workdir, log = tmp_path / "run", tmp_path / "slurm.out"
   env = _env(2, SLURM_CONF=slurm, PYTHON=sys.executable, JAXROBUST_DATA_DIR=str(data_dir))
   job = subprocess.run(
@@ -117,11 +139,3 @@ def test_sbatch_preempt_requeue_resume_equals_one_process(slurm, tmp_path, data_
   assert len(stopped) == 2 and len(set(stopped)) == 1, out[-3000:]  # both tasks, one step
   assert 2 <= int(stopped[0]) < NUM_STEPS
   assert f"requeueing job {job_id}" in out and "(restart 1)" in out
-
-  got, want = _final_params(workdir), _final_params(tmp_path / "ref")
-  for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
-    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-5)
-  # The test set, split over the two processes and gathered, gives the 1-process figures.
-  report = json.loads((workdir / "report.json").read_text())
-  ref_report = json.loads((tmp_path / "ref" / "report.json").read_text())
-  assert report["last"] == ref_report["last"] and report["last"]["count"] == 100
