@@ -33,7 +33,9 @@ pool). Usage::
     python benchmarks/bench_pgd.py --parts jax_pgd --batch 32 --unroll 1,2,5,10
     python benchmarks/bench_pgd.py --parts jax_pgd --batch 32 --xla-variants all
 
-Requires the ``bench`` extra (``pip install -e '.[bench]'``, a CPU torch).
+Requires the ``bench`` extra (``pip install -e '.[bench]'``, a CPU torch), or
+``--torch_python PATH``: the torch parts then run under PATH (an interpreter with
+torch and numpy, e.g. a separate virtualenv), the jax parts under this one.
 """
 from __future__ import annotations
 
@@ -453,9 +455,14 @@ def _child_env(xla_variant: str | None) -> dict:
   return env
 
 
-def run_child(spec: dict, xla_variant: str | None = None) -> dict:
-  """Runs one configuration in a fresh interpreter; returns its result dict."""
-  cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
+def run_child(spec: dict, xla_variant: str | None = None, torch_python: str = "") -> dict:
+  """Runs one configuration in a fresh interpreter; returns its result dict.
+
+  ``torch_python``: interpreter of the torch parts (one with torch and numpy;
+  they import nothing else); default this one.
+  """
+  python = torch_python if torch_python and spec["part"].startswith("torch") else sys.executable
+  cmd = [python, os.path.abspath(__file__), "--child", json.dumps(spec)]
   proc = subprocess.run(cmd, env=_child_env(xla_variant), capture_output=True, text=True,
                         check=False)
   for line in proc.stderr.splitlines():
@@ -478,8 +485,9 @@ def _child_main(spec_json: str) -> None:
   print("@@RESULT " + json.dumps(res), flush=True)
 
 
-def versions() -> dict:
-  """Library versions, without importing JAX into the driver (it runs no work)."""
+def versions(torch_python: str = "") -> dict:
+  """Library versions, without importing JAX into the driver (it runs no work); torch's
+  from ``torch_python`` when given."""
   from importlib import metadata  # pylint: disable=g-import-not-at-top
   out = {}
   for pkg in ("jax", "jaxlib", "flax", "torch", "numpy"):
@@ -487,6 +495,11 @@ def versions() -> dict:
       out[pkg] = metadata.version(pkg)
     except metadata.PackageNotFoundError:
       out[pkg] = None
+  if torch_python:
+    proc = subprocess.run([torch_python, "-c", "import torch; print(torch.__version__)"],
+                          capture_output=True, text=True, check=False)
+    out["torch"] = proc.stdout.strip() or None
+    out["torch_python"] = torch_python
   out["python"] = platform.python_version()
   out["cpu"] = cpu_model()
   out["cpus"] = cpu_threads()
@@ -535,6 +548,9 @@ def parse_args(argv=None):
   p.add_argument("--max-tries", type=int, default=0,
                  help="timed calls at most per configuration (default 3 x repeats)")
   p.add_argument("--no-flops", action="store_true", help="skip the cost-analysis compiles")
+  p.add_argument("--torch_python", "--torch-python", dest="torch_python", default="",
+                 help="interpreter of the torch parts (a virtualenv with a CPU torch and "
+                      "numpy); default: this one, which then needs the 'bench' extra")
   p.add_argument("--out", default="", help="write all results to this JSON file")
   p.add_argument("--child", default="", help=argparse.SUPPRESS)
   return p.parse_args(argv)
@@ -554,7 +570,7 @@ def main(argv=None) -> int:
     return 2
   unrolls = [None if u == "default" else int(u) for u in _csv(args.unroll)]
   threads = args.threads or cpu_threads()
-  info = versions()
+  info = versions(args.torch_python)
   info.update(batch=args.batch, steps=args.steps, repeats=args.repeats, rounds=args.rounds,
               max_load=args.max_load,
               warmup=args.warmup, torch_threads=threads, xla_threads=cpu_threads(),
@@ -590,7 +606,7 @@ def main(argv=None) -> int:
                                           if args.rounds > 1 else "") + " ..." +
             (f" (waited {waited:.0f} s for other processes)" if waited > 5 else ""),
             flush=True)
-      res = run_child(dict(spec, flops=spec["flops"] and rnd == 0), variant)
+      res = run_child(dict(spec, flops=spec["flops"] and rnd == 0), variant, args.torch_python)
       res.update(part=part, config=name)
       print("  " + _row(res), flush=True)
       if "compile_s" in res:
