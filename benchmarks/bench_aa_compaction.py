@@ -2,9 +2,10 @@ r"""AutoAttack with and without compaction, in one process, same model and point
 
 ``run_autoattack(compact=False)`` attacks every still-robust point of a chunk to
 an attack's last iteration, as the reference does; ``compact=True`` drops the
-points an APGD pass has fooled at each of its step-size checkpoints (padded to
-a few fixed batch sizes). The two must give identical robust flags and
-adversarial examples; the script checks it and reports the wall time of each
+points an APGD pass has fooled at each of its step-size checkpoints and those a
+Square pass has fooled every 250 queries (padded to a few fixed batch sizes). The
+two must give identical robust flags and adversarial examples; the script checks it
+and reports the wall time of each
 (XLA compilation included, and reported separately: compaction compiles one
 program per padded size).
 

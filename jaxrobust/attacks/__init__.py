@@ -22,7 +22,7 @@ from __future__ import annotations
 from jaxrobust.attacks._apgd import (apgd, apgd_pass, apgd_single_run, apgd_targeted,
                                      apgd_targeted_pass, checkpoint_schedule, oscillation_flags,
                                      step_size_flags, top_k_target)
-from jaxrobust.attacks._fab import fab, fab_targeted
+from jaxrobust.attacks._fab import fab, fab_pass, fab_targeted, fab_targeted_pass
 from jaxrobust.attacks._fab_projections import FAB_NORMS, fab_projection
 from jaxrobust.attacks._losses import (LOSSES, ce_loss, cw_loss, dlr_loss, dlr_targeted_loss,
                                        kl_loss, margin_floor_loss, margin_loss)
@@ -32,7 +32,7 @@ from jaxrobust.attacks._norms import l2_norm
 from jaxrobust.attacks._pgd import CPU_UNROLL, default_unroll, fgsm, pgd
 from jaxrobust.attacks._projections import (NORMS, RANDOM_STARTS, ascent_direction,
                                             l2_project, linf_project, project, random_init)
-from jaxrobust.attacks._square import SQUARE_NORMS, square
+from jaxrobust.attacks._square import SQUARE_NORMS, square, square_pass
 from jaxrobust.attacks._trades_l2 import trades_l2_inner_max
 from jaxrobust.attacks.registry import (ATTACKS, AttackSpec, AutoAttackHook, attack_from_config,
                                         attack_names, get_attack, register_attack,
@@ -46,10 +46,12 @@ __all__ = ["ATTACKS", "AttackSpec", "AutoAttackHook", "CPU_UNROLL", "FAB_NORMS",
            "apgd_single_run", "apgd_targeted", "apgd_targeted_pass", "ascent_direction",
            "attack_from_config", "attack_names", "bind_key", "call_logits", "ce_loss",
            "checkpoint_schedule", "cw_loss", "default_unroll", "dlr_loss", "dlr_targeted_loss",
-           "fab", "fab_projection", "fab_targeted", "fgsm", "get_attack", "is_stochastic",
+           "fab", "fab_pass", "fab_projection", "fab_targeted", "fab_targeted_pass", "fgsm",
+           "get_attack", "is_stochastic",
            "kl_loss", "l2_norm", "l2_project", "linf_project", "margin_floor_loss", "margin_loss",
            "model_key",
            "num_masked_patches", "oscillation_flags", "patch_keep_mask", "pgd", "pgd_prm",
            "project", "random_init", "register_attack", "resolve_attack_name", "square",
+           "square_pass",
            "step_size_flags", "stochastic", "top_k_target", "trades_l2_inner_max",
            "unregister_attack"]

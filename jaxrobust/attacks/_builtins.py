@@ -24,11 +24,11 @@ from __future__ import annotations
 
 from jaxrobust.attacks._apgd import (apgd, apgd_pass, apgd_pass_segments, apgd_targeted,
                                      apgd_targeted_pass, apgd_targeted_pass_segments)
-from jaxrobust.attacks._fab import FAB_NORMS, fab, fab_targeted
+from jaxrobust.attacks._fab import FAB_NORMS, fab, fab_pass, fab_targeted, fab_targeted_pass
 from jaxrobust.attacks._losses import LOSSES
 from jaxrobust.attacks._pgd import fgsm, pgd
 from jaxrobust.attacks._projections import NORMS, RANDOM_STARTS
-from jaxrobust.attacks._square import SQUARE_NORMS, square
+from jaxrobust.attacks._square import SQUARE_NORMS, square, square_pass, square_pass_segments
 from jaxrobust.attacks._trades_l2 import trades_l2_inner_max
 from jaxrobust.attacks.registry import AttackSpec, AutoAttackHook, register_attack
 from jaxrobust.errors import ConfigError
@@ -133,14 +133,19 @@ BUILTIN = (
     AttackSpec(
         "fab", fab, settings=_FAB, validate=_validator("fab", norms=FAB_NORMS),
         autoattack=AutoAttackHook(settings={"num_steps": "fab_steps",
-                                            "num_restarts": "fab_restarts"}),
+                                            "num_restarts": "fab_restarts"},
+                                  passes=lambda cfg: int(cfg.get("num_restarts", 5)),
+                                  run=fab_pass),
         doc="FAB (Croce & Hein 2020), untargeted, minimal-norm"),
     AttackSpec(
         "fab_t", fab_targeted, settings=_FAB | {"n_target_classes"},
         aliases=("fab-t", "fab_targeted"), validate=_validator("fab_t", norms=FAB_NORMS),
         autoattack=AutoAttackHook(settings={"num_steps": "fab_steps",
                                             "num_restarts": "fab_t_restarts",
-                                            "n_target_classes": "fab_t_targets"}),
+                                            "n_target_classes": "fab_t_targets"},
+                                  passes=lambda cfg: int(cfg.get("n_target_classes", 9)) * int(
+                                      cfg.get("num_restarts", 1)),
+                                  run=fab_targeted_pass),
         doc="FAB-T, targeted FAB"),
     AttackSpec(
         "square", square,
@@ -148,7 +153,9 @@ BUILTIN = (
         validate=_square_settings,
         autoattack=AutoAttackHook(settings={"n_queries": "square_queries",
                                             "num_restarts": "square_restarts",
-                                            "rescale_schedule": "square_rescale_schedule"}),
+                                            "rescale_schedule": "square_rescale_schedule"},
+                                  passes=lambda cfg: int(cfg.get("num_restarts", 1)),
+                                  run=square_pass, segments=square_pass_segments),
         doc="Square attack (Andriushchenko et al. 2020), score-based"),
     AttackSpec(
         "trades_l2", trades_l2_inner_max, settings={"eps", "step_size", "num_steps"},

@@ -20,6 +20,12 @@ One FAB iteration at the current iterate ``x1`` (clean point ``x0``):
 4. if ``x1`` is misclassified, keep it when its distance to ``x0`` is the
    smallest so far, then step back: ``x1 <- x0 + beta (x1 - x0)``.
 
+In the AutoAttack cascade each run (target class, restart) is one pass
+(:func:`fab_targeted_pass`, :func:`fab_pass`) over the points still robust: FAB
+minimises the norm, so a point's best iterate keeps improving after its first
+success and a run cannot be cut short without changing ``x_adv``, but between
+runs the fooled points leave the batch.
+
 The projections (:func:`fab_projection`) live in
 :mod:`jaxrobust.attacks._fab_projections`, as the reference keeps them in
 ``fab_projections.py``.
@@ -195,6 +201,25 @@ def _fab_runs(candidate, setup: _Setup, rng, norm, n_runs):
   return x_adv
 
 
+def _fab_pass(candidate, setup: _Setup, rng, norm, i, n_runs):
+  """Run ``i`` alone (an AutoAttack pass): ``candidate(i)`` where it succeeds, else ``x0``.
+
+  Success as in :func:`_fab_runs` (misclassified, within ``eps``, clean point
+  correct), so a cascade of passes ``i = 0, 1, ...`` on the rows still robust
+  after the previous ones keeps each row's first success, as :func:`_fab_runs`.
+  ``i`` may be traced; ``i >= n_runs`` returns ``x0`` without attacking.
+  """
+  x0, eps = setup.x0, setup.eps
+
+  def attack(_):
+    cand = candidate(i)
+    success = (setup.misclassified(cand, model_key(rng, 2, i)) &
+               (_row_norm(cand - x0, norm) <= eps))
+    return jnp.where((setup.correct & success)[:, None], cand, x0)
+
+  return jax.lax.cond(i < n_runs, attack, lambda _: x0, None)
+
+
 def _run_keys(rng, i):
   """``(j, kind) -> key``: model keys of run ``i`` (:func:`_fab_single_run`)."""
   return lambda j, kind: model_key(rng, 1, i, j, kind)
@@ -228,6 +253,9 @@ def fab_targeted(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Ar
       ones take its result (the reference gathers the subset); a run is
       skipped (``lax.cond``) when no example is left. Identical per-example
       results unless ``logits_fn`` couples examples (BatchNorm in train mode).
+      The AutoAttack cascade instead runs each (target, restart) run as a
+      pass (:func:`fab_targeted_pass`) on the points still robust, so the
+      fooled ones leave the batch between runs.
     * The magic constants are dtype-safe: the "no adversarial yet" distance
       is ``+inf`` instead of 1e10, the projection's sentinel for ``|w| ~ 0``
       is ``finfo.max`` plus a mask instead of 1e12 (and its ±1e12 clamp,
@@ -279,6 +307,17 @@ def fab_targeted(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Ar
     ValueError: invalid norm, eps (value or shape), step/restart/target
       count, alpha_max, eta or beta, or fewer than 2 classes.
   """
+  st, n_runs, candidate = _targeted_runs(
+      logits_fn, rng, x, y, eps=eps, norm=norm, num_steps=num_steps, num_restarts=num_restarts,
+      n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta, beta=beta)
+  x_adv = _fab_runs(candidate, st, rng, norm, n_runs)
+  return jax.lax.stop_gradient(x_adv.reshape(st.x.shape))
+
+
+def _targeted_runs(logits_fn, rng, x, y, *, eps, norm, num_steps, num_restarts,
+                   n_target_classes, alpha_max, eta, beta):
+  """``(setup, n_runs, candidate)`` of FAB-T: run ``i`` is target ``i // num_restarts``
+  (the ``(i // num_restarts + 2)``-th largest clean logit), restart ``i % num_restarts``."""
   if n_target_classes < 1:
     raise ValueError(f"n_target_classes must be >= 1, got {n_target_classes}")
   st = _setup("FAB-T", logits_fn, rng, x, y, eps, norm, num_steps, num_restarts, alpha_max,
@@ -303,7 +342,38 @@ def fab_targeted(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Ar
                            use_random_start=num_restarts > 1, eta=eta, alpha_max=alpha_max,
                            beta=beta)
 
-  x_adv = _fab_runs(candidate, st, rng, norm, n_targets * num_restarts)
+  return st, n_targets * num_restarts, candidate
+
+
+def fab_targeted_pass(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array,
+                      sub: int | jax.Array, *, eps, norm: str = "linf", num_steps: int = 100,
+                      num_restarts: int = 1, n_target_classes: int = 9,
+                      alpha_max: float = 0.1, eta: float = 1.05,
+                      beta: float = 0.9) -> jax.Array:
+  """Pass ``sub`` of FAB-T in the AutoAttack cascade: run ``sub`` of :func:`fab_targeted`.
+
+  Target class ``sub // num_restarts`` (the ``(sub // num_restarts + 2)``-th
+  largest clean logit), restart ``sub % num_restarts``; the cascade runs the
+  ``n_target_classes * num_restarts`` passes in order, each on the points still
+  robust after the previous ones, as the reference's loop over target classes
+  (and restarts) inside each batch. FAB minimises the norm, so a run cannot be
+  cut short once a point is fooled (its point keeps improving); between runs
+  the fooled points leave the batch. Run ``i`` uses the keys :func:`fab_targeted`
+  uses for run ``i`` with this ``rng``, so with ``num_restarts=1`` and a
+  deterministic model (``rng`` unused) the cascade's flags and adversarial
+  examples are those of one :func:`fab_targeted` call on the whole batch.
+  ``sub`` may be traced; passes past the ``K - 1`` classes return ``x``.
+  Arguments as :func:`fab_targeted`.
+
+  Returns:
+    float32 ``x_adv`` like ``x``: the run's smallest-norm adversarial point
+    where it is misclassified and within ``eps`` (clean point correct), else
+    ``x``. No gradient flows through it.
+  """
+  st, n_runs, candidate = _targeted_runs(
+      logits_fn, rng, x, y, eps=eps, norm=norm, num_steps=num_steps, num_restarts=num_restarts,
+      n_target_classes=n_target_classes, alpha_max=alpha_max, eta=eta, beta=beta)
+  x_adv = _fab_pass(candidate, st, rng, norm, jnp.asarray(sub, jnp.int32), n_runs)
   return jax.lax.stop_gradient(x_adv.reshape(st.x.shape))
 
 
@@ -375,6 +445,16 @@ def fab(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, e
     ValueError: invalid norm, eps (value or shape), step/restart count,
       alpha_max, eta or beta, or fewer than 2 classes.
   """
+  st, candidate = _untargeted_runs(logits_fn, rng, x, y, eps=eps, norm=norm,
+                                   num_steps=num_steps, num_restarts=num_restarts,
+                                   alpha_max=alpha_max, eta=eta, beta=beta)
+  x_adv = _fab_runs(candidate, st, rng, norm, num_restarts)
+  return jax.lax.stop_gradient(x_adv.reshape(st.x.shape))
+
+
+def _untargeted_runs(logits_fn, rng, x, y, *, eps, norm, num_steps, num_restarts, alpha_max,
+                     eta, beta):
+  """``(setup, candidate)`` of untargeted FAB: run ``i`` is restart ``i``."""
   st = _setup("FAB", logits_fn, rng, x, y, eps, norm, num_steps, num_restarts, alpha_max,
               eta, beta)
   y = st.y
@@ -400,5 +480,28 @@ def fab(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *, e
                            norm=norm, num_steps=num_steps, use_random_start=num_restarts > 1,
                            eta=eta, alpha_max=alpha_max, beta=beta)
 
-  x_adv = _fab_runs(candidate, st, rng, norm, num_restarts)
+  return st, candidate
+
+
+def fab_pass(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array,
+             sub: int | jax.Array, *, eps, norm: str = "linf", num_steps: int = 100,
+             num_restarts: int = 5, alpha_max: float = 0.1, eta: float = 1.05,
+             beta: float = 0.9) -> jax.Array:
+  """Pass ``sub`` of untargeted FAB in the AutoAttack cascade: restart ``sub`` of :func:`fab`.
+
+  The cascade runs the ``num_restarts`` passes in order, each on the points
+  still robust after the previous ones (the reference's restart loop inside
+  each batch); restart 0 starts at ``x``, later ones at a random point drawn
+  from ``fold_in(rng, sub)``, as run ``sub`` of :func:`fab`. A point keeps its
+  first success (misclassified, within ``eps``). ``sub`` may be traced;
+  ``sub >= num_restarts`` returns ``x``. Arguments as :func:`fab`.
+
+  Returns:
+    float32 ``x_adv`` like ``x``: the run's smallest-norm adversarial point
+    where it succeeds, else ``x``. No gradient flows through it.
+  """
+  st, candidate = _untargeted_runs(logits_fn, rng, x, y, eps=eps, norm=norm,
+                                   num_steps=num_steps, num_restarts=num_restarts,
+                                   alpha_max=alpha_max, eta=eta, beta=beta)
+  x_adv = _fab_pass(candidate, st, rng, norm, jnp.asarray(sub, jnp.int32), num_restarts)
   return jax.lax.stop_gradient(x_adv.reshape(st.x.shape))

@@ -14,9 +14,11 @@ misclassified and is done.
 
 Each query is one forward pass of the whole batch. The loop over queries is a
 ``lax.while_loop`` that stops once every example is done or the budget is
-spent. The square side ``s`` depends only on the iteration (as in the
-reference); the per-example window ``[r, r+s) x [c, c+s)`` is a mask, so every
-array keeps a static shape.
+spent; in the AutoAttack cascade it is cut into segments of
+:data:`SQUARE_SEGMENT_QUERIES` queries, between which the fooled examples
+leave the batch (:func:`square_pass_segments`). The square side ``s`` depends
+only on the iteration (as in the reference); the per-example window
+``[r, r+s) x [c, c+s)`` is a mask, so every array keeps a static shape.
 """
 from __future__ import annotations
 
@@ -28,9 +30,18 @@ import numpy as np
 
 from jaxrobust.attacks._model import call_logits, model_key
 from jaxrobust.attacks._norms import l2_norm
+from jaxrobust.attacks.registry import AttackSegments
 from jaxrobust.types import AnyLogitsFn
 
 SQUARE_NORMS = ("linf", "l2")
+
+# Queries per segment of a compacted AutoAttack pass (:func:`square_pass_segments`). Between
+# segments the cascade syncs with the host, gathers the state of the rows not yet fooled
+# ([B, H, W, C] points, margins, flags, row ids) and re-pads it: a few milliseconds, against
+# 250 forward passes of the batch per segment (< 1 % overhead even for a tiny model), while a
+# fooled row wastes at most 250 queries (5 % of AutoAttack's 5,000). The step program takes the
+# segment index traced, so the segment size does not change what is compiled.
+SQUARE_SEGMENT_QUERIES = 250
 
 # Schedule of the square's area fraction p: (iteration threshold on the
 # 10000-query scale, divisor of p_init for iterations past it).
@@ -201,15 +212,25 @@ def _l2_init_patterns(h: int, w: int):
   return np.stack(tiles), np.stack(tiles_t)
 
 
-def _init(rng, x, eps, norm):
-  """The reference's starting point (accepted whatever its margin)."""
+def _row_uniform(key, row_id, shape):
+  """float32 ``[B, *shape]`` uniform in [0, 1): row ``b`` from ``fold_in(key, row_id[b])``.
+
+  Each example's draws depend on ``key`` and its id only, not on the rest of
+  the batch, so an example gets the same draws in any batch (compaction).
+  """
+  return jax.vmap(lambda r: jax.random.uniform(jax.random.fold_in(key, r), shape,
+                                               jnp.float32))(row_id)
+
+
+def _init(rng, x, eps, norm, row_id):
+  """The reference's starting point (accepted whatever its margin); per-row draws."""
   b, h, w, c = x.shape
   if norm == "linf":  # vertical stripes: one ±eps per (example, column, channel).
-    stripes = jax.random.rademacher(rng, (b, 1, w, c), jnp.float32)
+    stripes = jnp.where(_row_uniform(rng, row_id, (1, w, c)) < 0.5, -1.0, 1.0)
     return jnp.clip(x + eps * stripes, 0.0, 1.0)
   tiles, tiles_t = (jnp.asarray(t) for t in _l2_init_patterns(h, w))
   # Per (example, block): a sign per channel and the transposition of eta.
-  u = jax.random.uniform(rng, (b, tiles.shape[0], c + 1), jnp.float32)
+  u = _row_uniform(rng, row_id, (tiles.shape[0], c + 1))
   sign = jnp.where(u[..., :c] < 0.5, -1.0, 1.0)
   flip = u[..., c:] < 0.5
   delta = (jnp.einsum("khw,bkc->bhwc", tiles, jnp.where(flip, 0.0, sign)) +
@@ -244,53 +265,54 @@ def _place(pattern_table, level, r, c, flip, h, w):
   return table[rows, cols][..., None]
 
 
-def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
-                rescale_schedule=True, record=False):
-  """One Square run of ``n_queries`` queries after the starting point.
-
-  Args:
-    logits_fn, x, y, eps, norm, n_queries, p_init, rescale_schedule: as
-      :func:`square`.
-    rng: PRNG key of this run.
-    active: bool ``[B]``: examples to attack; the others are never updated
-      (their entries in the result are meaningless).
-    record: also return the margin history (and never stop early).
-
-  Returns:
-    ``(x_best, margin_best)`` float32 ``[B, H, W, C]`` and ``[B]``, plus with
-    ``record`` the history float32 ``[n_queries + 1, B]`` (row ``i`` is the
-    best margin after ``i`` queries past the start).
-  """
-  b, h, w, c = x.shape
+def _tables(n_queries, p_init, h, w, norm, rescale_schedule):
+  """``(sides [L], levels [N], eta tables [L, S, S] or None)`` of a run (static)."""
   sides_np, levels_np = _schedule(n_queries, p_init, h, w, norm, rescale_schedule)
-  sides, levels = jnp.asarray(sides_np), jnp.asarray(levels_np)
+  tables = None
   if norm == "l2":  # eta(s) for every side in use, zero-padded: [L, S, S].
     smax = int(sides_np.max())
     tables = np.zeros((len(sides_np), smax, smax), np.float32)
     for k, s in enumerate(sides_np):
       tables[k, :s, :s] = eta(int(s))
     tables = jnp.asarray(tables)
-  k_init, k_loop = jax.random.split(rng)
-  x_best = _init(k_init, x, eps, norm)
-  margin = _true_margin(call_logits(logits_fn, x_best, model_key(rng, 0)), y)
-  history = None
-  if record:
-    history = jnp.zeros((n_queries + 1, b), jnp.float32).at[0].set(margin)
+  return jnp.asarray(sides_np), jnp.asarray(levels_np), tables
+
+
+def _start(logits_fn, rng, x, y, row_id, *, eps, norm):
+  """The starting point of a run and its margin: float32 ``[B, H, W, C]``, ``[B]``."""
+  k_init, _ = jax.random.split(rng)
+  x_best = _init(k_init, x, eps, norm, row_id)
+  return x_best, _true_margin(call_logits(logits_fn, x_best, model_key(rng, 0)), y)
+
+
+def _queries(logits_fn, rng, x, y, active, row_id, x_best, margin, start, stop, *, eps, norm,
+             n_queries, p_init, rescale_schedule, history=None):
+  """Queries ``start .. stop - 1`` of a run (``start``, ``stop`` int32, may be traced).
+
+  Stops early once no example is left to fool (unless ``history`` is recorded).
+  Query ``i`` of example ``b`` draws from ``fold_in(fold_in(k_loop, i),
+  row_id[b])`` (:func:`_row_uniform`), so an example's search depends on
+  ``rng`` and its id only. Returns ``(x_best, margin, history)``.
+  """
+  _, h, w, c = x.shape
+  record = history is not None
+  sides, levels, tables = _tables(n_queries, p_init, h, w, norm, rescale_schedule)
+  _, k_loop = jax.random.split(rng)
 
   def cond(carry):
     i, _, m, _ = carry
     todo = jnp.any(active & (m > 0.0))
-    return (i < n_queries) & (todo | record)
+    return (i < stop) & (todo | record)
 
   def body(carry):
     i, xb, m, hist = carry
     todo = active & (m > 0.0)
     level = levels[i]
     s = sides[level]
-    # One uniform draw per iteration: [B, 5 + C] = window corners (r1, c1,
-    # r2, c2), transposition, colours. Corners as the reference's random_int:
+    # One uniform draw per iteration and example: [5 + C] = window corners (r1,
+    # c1, r2, c2), transposition, colours. Corners as the reference's random_int:
     # floor(U * (h - s)) in {0, ..., h - s - 1}, 0 when s == h.
-    u = jax.random.uniform(jax.random.fold_in(k_loop, i), (b, 5 + c), jnp.float32)
+    u = _row_uniform(jax.random.fold_in(k_loop, i), row_id, (5 + c,))
     r1, c1 = _corner(u[:, 0], h - s), _corner(u[:, 1], w - s)
     colour = jnp.where(u[:, 5:] < 0.5, -1.0, 1.0)[:, None, None, :]  # ±1 per channel
     mask1 = _window_mask(r1, c1, s, h, w)
@@ -315,7 +337,37 @@ def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
 
   if n_queries > 0:
     _, x_best, margin, history = jax.lax.while_loop(
-        cond, body, (jnp.zeros((), jnp.int32), x_best, margin, history))
+        cond, body, (jnp.asarray(start, jnp.int32), x_best, margin, history))
+  return x_best, margin, history
+
+
+def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
+                rescale_schedule=True, record=False, row_id=None):
+  """One Square run of ``n_queries`` queries after the starting point.
+
+  Args:
+    logits_fn, x, y, eps, norm, n_queries, p_init, rescale_schedule: as
+      :func:`square`.
+    rng: PRNG key of this run.
+    active: bool ``[B]``: examples to attack; the others are never updated
+      (their entries in the result are meaningless).
+    record: also return the margin history (and never stop early).
+    row_id: int32 ``[B]``: each example's stream id (default ``arange(B)``).
+
+  Returns:
+    ``(x_best, margin_best)`` float32 ``[B, H, W, C]`` and ``[B]``, plus with
+    ``record`` the history float32 ``[n_queries + 1, B]`` (row ``i`` is the
+    best margin after ``i`` queries past the start).
+  """
+  b = x.shape[0]
+  row_id = jnp.arange(b, dtype=jnp.int32) if row_id is None else row_id
+  x_best, margin = _start(logits_fn, rng, x, y, row_id, eps=eps, norm=norm)
+  history = None
+  if record:
+    history = jnp.zeros((n_queries + 1, b), jnp.float32).at[0].set(margin)
+  x_best, margin, history = _queries(
+      logits_fn, rng, x, y, active, row_id, x_best, margin, 0, n_queries, eps=eps, norm=norm,
+      n_queries=n_queries, p_init=p_init, rescale_schedule=rescale_schedule, history=history)
   if record:
     return x_best, margin, history
   return x_best, margin
@@ -323,7 +375,8 @@ def _square_run(logits_fn, rng, x, y, active, *, eps, norm, n_queries, p_init,
 
 def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *,
            eps: float, norm: str = "linf", n_queries: int = 5000, p_init: float = 0.8,
-           num_restarts: int = 1, rescale_schedule: bool = True) -> jax.Array:
+           num_restarts: int = 1, rescale_schedule: bool = True,
+           row_ids: jax.Array | None = None) -> jax.Array:
   """Square attack (Andriushchenko et al. 2020, "Square Attack: a query-efficient
   black-box adversarial attack via random search"), untargeted, margin loss.
 
@@ -357,7 +410,12 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
     (two for L2), one L-inf colour per channel and one transposition per
     query (per start block) for the whole batch; its L2 colours and start
     signs are already per example. Each example thus runs the paper's
-    per-image random search, whatever else is in its batch.
+    per-image random search, whatever else is in its batch: its draws come
+    from ``fold_in(key, row_ids[b])`` (query ``i``: ``key = fold_in(k_loop,
+    i)``), so they depend on the example's id only, not on its position or
+    on the other examples, and the AutoAttack cascade can drop fooled
+    examples between segments of queries (:func:`square_pass_segments`) with
+    identical results.
   * Only the reference's AutoAttack configuration: untargeted, margin loss
     (its ``loss='ce'`` and ``targeted=True`` are not implemented).
   * Examples the attack fails to fool are returned at their best point (the
@@ -394,6 +452,9 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
       rescaling the iteration to ``n_queries`` (True, the reference's default
       ``resc_schedule=True``), or on the iteration itself (False, AutoAttack's
       setting).
+    row_ids: int32 ``[B]``: each example's random-stream id (default
+      ``arange(B)``). An example with the same ``rng``, id, ``x``, ``y`` and
+      settings gets the same result in any batch (deterministic model).
 
   Returns:
     float32 ``x_adv`` like ``x`` (``stop_gradient``-ed): within eps of ``x``
@@ -404,6 +465,37 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
     ValueError: unknown norm, eps <= 0, p_init outside (0, 1], n_queries < 0,
       num_restarts < 1, or L2 with ``H < 5``.
   """
+  _check_settings(eps, norm, p_init, n_queries, num_restarts)
+  _check_shape(x, norm)
+  n_queries, num_restarts = int(n_queries), int(num_restarts)
+  x = jax.lax.stop_gradient(x.astype(jnp.float32))
+  y = y.astype(jnp.int32)
+  row_ids = (jnp.arange(x.shape[0], dtype=jnp.int32) if row_ids is None
+             else jnp.asarray(row_ids, jnp.int32))
+  clean_correct = jnp.argmax(call_logits(logits_fn, x, model_key(rng, 0)), axis=-1) == y
+  # Not-attacked examples keep x; attacked ones take the first restart's point, later
+  # restarts' points where their margin is lower.
+  best_m = jnp.where(clean_correct, jnp.inf, -jnp.inf)
+
+  def restart(r, carry):
+    best_x, best_m = carry
+    active = best_m > 0.0
+    x_r, m_r = _square_run(logits_fn, jax.random.fold_in(rng, r), x, y, active, eps=eps,
+                           norm=norm, n_queries=n_queries, p_init=p_init,
+                           rescale_schedule=bool(rescale_schedule), row_id=row_ids)
+    take = active & ((m_r < best_m) | (r == 0))
+    return jnp.where(take[:, None, None, None], x_r, best_x), jnp.where(take, m_r, best_m)
+
+  carry = (x, best_m)
+  if num_restarts == 1:
+    carry = restart(0, carry)
+  else:
+    carry = jax.lax.fori_loop(0, num_restarts, restart, carry)
+  return jax.lax.stop_gradient(carry[0])
+
+
+def _check_settings(eps, norm, p_init, n_queries, num_restarts):
+  """ValueError for an unknown norm, eps <= 0, p_init outside (0, 1] or bad counts."""
   if norm not in SQUARE_NORMS:
     raise ValueError(f"unknown norm {norm!r} for square; use one of {SQUARE_NORMS}")
   if not eps > 0:
@@ -413,30 +505,78 @@ def square(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array, *
   if int(n_queries) < 0 or int(num_restarts) < 1:
     raise ValueError(f"n_queries ({n_queries}) must be >= 0 and num_restarts "
                      f"({num_restarts}) >= 1")
+
+
+def _check_shape(x, norm):
+  """ValueError for ``x`` that is not ``[B, H, W, C]`` or too small for the L2 start."""
   if x.ndim != 4:
     raise ValueError(f"x must be [B, H, W, C], got shape {x.shape}")
   if norm == "l2" and x.shape[1] < 5:
     raise ValueError(f"L2 square needs H >= 5 (start blocks of H // 5 pixels), got "
                      f"H = {x.shape[1]}")
-  n_queries, num_restarts = int(n_queries), int(num_restarts)
-  x = jax.lax.stop_gradient(x.astype(jnp.float32))
-  y = y.astype(jnp.int32)
-  clean_correct = jnp.argmax(call_logits(logits_fn, x, model_key(rng, 0)), axis=-1) == y
-  # Not-attacked examples keep x; attacked ones take the first restart's point.
-  best_m = jnp.where(clean_correct, jnp.inf, -jnp.inf)
 
-  def restart(r, carry):
-    best_x, best_m = carry
-    active = best_m > 0.0
-    x_r, m_r = _square_run(logits_fn, jax.random.fold_in(rng, r), x, y, active, eps=eps,
-                           norm=norm, n_queries=n_queries, p_init=p_init,
-                           rescale_schedule=bool(rescale_schedule))
-    take = active & (m_r < best_m)
-    return jnp.where(take[:, None, None, None], x_r, best_x), jnp.where(take, m_r, best_m)
 
-  carry = (x, best_m)
-  if num_restarts == 1:
-    carry = restart(0, carry)
-  else:
-    carry = jax.lax.fori_loop(0, num_restarts, restart, carry)
-  return jax.lax.stop_gradient(carry[0])
+def square_pass(logits_fn: AnyLogitsFn, rng: jax.Array, x: jax.Array, y: jax.Array,
+                sub: int | jax.Array, *, eps: float, norm: str = "linf", n_queries: int = 5000,
+                p_init: float = 0.8, num_restarts: int = 1,
+                rescale_schedule: bool = True) -> jax.Array:
+  """Pass ``sub`` (restart ``sub < num_restarts``) of Square in the AutoAttack cascade.
+
+  The cascade runs each restart as one pass over the points still robust, with
+  a key per pass (as APGD's restarts): ``square(..., rng, num_restarts=1)``.
+  Arguments as :func:`square`.
+
+  Returns:
+    float32 ``x_adv`` like ``x`` (the cascade keeps only misclassified points).
+  """
+  del sub, num_restarts
+  return square(logits_fn, rng, x, y, eps=eps, norm=norm, n_queries=n_queries, p_init=p_init,
+                num_restarts=1, rescale_schedule=rescale_schedule)
+
+
+def square_pass_segments(*, eps: float, norm: str = "linf", n_queries: int = 5000,
+                         p_init: float = 0.8, num_restarts: int = 1,
+                         rescale_schedule: bool = True) -> AttackSegments:
+  """:func:`square_pass` cut every :data:`SQUARE_SEGMENT_QUERIES` queries (compaction).
+
+  The state holds each row's best point ``x_best`` (the clean point for rows
+  not attacked), its margin, whether it is attacked (``active``: correctly
+  classified) and its stream id ``row_id`` (its row in the chunk,
+  ``arange(B)`` at ``init``): a row's draws depend on its id only
+  (:func:`square`, ``row_ids``), so the rows left after dropping the fooled ones
+  search exactly as in the whole chunk. A row is done once its margin is <= 0
+  (or it is not attacked): Square never updates it again. ``result`` equals
+  :func:`square_pass` on the whole chunk.
+
+  Raises:
+    ValueError: invalid settings (as :func:`square`).
+  """
+  _check_settings(eps, norm, p_init, n_queries, num_restarts)
+  n_queries, size = int(n_queries), int(SQUARE_SEGMENT_QUERIES)
+  kw = dict(eps=eps, norm=norm, n_queries=n_queries, p_init=p_init,
+            rescale_schedule=bool(rescale_schedule))
+
+  def init(logits_fn, key, x, y, sub):
+    del sub
+    _check_shape(x, norm)
+    x = x.astype(jnp.float32)
+    y = y.astype(jnp.int32)
+    active = jnp.argmax(call_logits(logits_fn, x, model_key(key, 0)), axis=-1) == y
+    row_id = jnp.arange(x.shape[0], dtype=jnp.int32)
+    x_best, margin = _start(logits_fn, jax.random.fold_in(key, 0), x, y, row_id, eps=eps,
+                            norm=norm)
+    return dict(x_best=jnp.where(active[:, None, None, None], x_best, x), margin=margin,
+                active=active, row_id=row_id)
+
+  def step(logits_fn, key, x, y, sub, state, seg):
+    del sub
+    start = seg * size
+    stop = jnp.minimum(start + size, n_queries)
+    x_best, margin, _ = _queries(logits_fn, jax.random.fold_in(key, 0), x.astype(jnp.float32),
+                                 y.astype(jnp.int32), state["active"], state["row_id"],
+                                 state["x_best"], state["margin"], start, stop, **kw)
+    return dict(state, x_best=x_best, margin=margin)
+
+  return AttackSegments(count=-(-n_queries // size), init=init, step=step,
+                        done=lambda st: ~(st["active"] & (st["margin"] > 0.0)),
+                        result=lambda st: st["x_best"])

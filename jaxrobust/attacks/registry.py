@@ -33,8 +33,9 @@ class AutoAttackHook:
 
   The cascade attacks the still-robust points pass after pass: pass ``sub``
   of attack ``a`` calls ``run(logits_fn, key, x, y, sub, **settings)`` and the
-  points it breaks are not attacked again (APGD's restarts and APGD-T's target
-  classes are passes, as in the reference's batch loop).
+  points it breaks are not attacked again (APGD's, FAB's and Square's restarts
+  and APGD-T's and FAB-T's target classes are passes, as in the reference's
+  batch loop).
 
   Attributes:
     settings: ``{attack setting: AutoAttackSettings field}``: the settings

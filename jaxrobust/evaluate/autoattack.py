@@ -37,21 +37,25 @@ a version other than ``rand``.
 
 Deliberate differences: the still-robust points are gathered on the host and
 attacked in fixed-size, device-sharded batches (padding rows are ignored);
-APGD-T's target classes and APGD's restarts are each one pass over the points
-still robust after the previous pass (the reference does the same inside each
-batch of 250), while FAB-T and Square loop over their targets/restarts inside
-one jitted call, and so does untargeted FAB (version 'plus': its restarts);
-random streams differ from PyTorch's. Compaction (``compact=True``, the
-default, deterministic models): inside an APGD pass (APGD-CE, APGD-DLR, each
-APGD-T target), the points already misclassified leave the attacked batch at
-each step-size checkpoint, where the reference attacks them to the last
-iteration; the remaining points are re-padded to :func:`padded_size` rows.
-Flags and adversarial examples are identical to attacking the whole chunk
-(tested), because every per-point quantity of APGD depends on that point only
-and APGD keeps a point's first misclassifying iterate. The
-reference's ``check_dynamic`` (Python tracing of backward hooks) has no
-meaning for a jitted pure function and is replaced by a batch-independence
-check (eval-mode BatchNorm).
+APGD-T's and FAB-T's (target class, restart) runs and the restarts of APGD,
+FAB and Square are each one pass over the points still robust after the
+previous pass (the reference does the same inside each batch of 250); random
+streams differ from PyTorch's. Compaction (``compact=True``, the default,
+deterministic models): inside an APGD pass (APGD-CE, APGD-DLR, each APGD-T
+target) the points already misclassified leave the attacked batch at each
+step-size checkpoint, and inside a Square pass every
+:data:`~jaxrobust.attacks._square.SQUARE_SEGMENT_QUERIES` queries, where the
+reference attacks them to the last iteration; the remaining points are
+re-padded to :func:`padded_size` rows. Flags and adversarial examples are
+identical to attacking the whole chunk (tested), because every per-point
+quantity of these attacks depends on that point only (Square's random draws
+included: they come from a per-point stream), APGD keeps a point's first
+misclassifying iterate and Square never updates a fooled point. FAB and FAB-T
+minimise the norm, so a run cannot be cut short (a fooled point's iterate
+keeps improving until the run ends); their compaction is between runs, which
+the passes give in both modes. The reference's ``check_dynamic`` (Python
+tracing of backward hooks) has no meaning for a jitted pure function and is
+replaced by a batch-independence check (eval-mode BatchNorm).
 """
 from __future__ import annotations
 
@@ -480,13 +484,18 @@ def run_autoattack(logits_fn: AnyLogitsFn, x: np.ndarray, y: np.ndarray, setting
       :class:`jaxrobust.errors.AutoAttackPreempted`. Resuming from that state
       gives the same result as an uninterrupted run.
     compact: inside an attack pass, drop the points already misclassified
-      from the attacked batch at the attack's segment ends (APGD: its
-      step-size checkpoints) instead of attacking them to the last iteration
-      (the reference's way); a deterministic model only (a stochastic one is
-      never compacted). The flags and adversarial examples are identical:
-      every per-point quantity of these attacks depends on that point only, and
-      a misclassified point's result is final (APGD keeps its first
-      misclassifying iterate).
+      from the attacked batch at the attack's segment ends (APGD-CE, APGD-DLR,
+      each APGD-T target: its step-size checkpoints; Square: every
+      ``SQUARE_SEGMENT_QUERIES`` = 250 queries) instead of attacking them to
+      the last iteration (the reference's way); a deterministic model only (a
+      stochastic one is never compacted). The flags and adversarial examples
+      are identical: every per-point quantity of these attacks depends on that
+      point only (Square draws from a per-point stream), and a misclassified
+      point's result is final (APGD keeps its first misclassifying iterate,
+      Square never updates a fooled point). FAB and FAB-T are not cut inside a
+      run (FAB minimises the norm: a fooled point's iterate keeps improving to
+      the run's end); each of their (target, restart) runs is a pass, so the
+      fooled points leave the batch between runs whatever ``compact`` is.
 
   Returns:
     An :class:`AutoAttackResult`.

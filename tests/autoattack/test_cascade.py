@@ -247,8 +247,13 @@ def test_settings_and_checks():
                       "fab_t": 1}
   assert aa.attack_settings("apgd_t", plus)["n_target_classes"] == 9
   assert aa.attack_settings("fab_t", plus)["n_target_classes"] == 9
-  # Passes of the cascade: APGD's restarts and APGD-T's targets; the others one call.
-  assert [aa._sub_runs(name, plus) for name in plus.attacks] == [5, 5, 1, 1, 9, 1]
+  # Passes of the cascade: APGD's, FAB's and Square's restarts, APGD-T's and FAB-T's targets
+  # (times their restarts).
+  assert [aa._sub_runs(name, plus) for name in plus.attacks] == [5, 5, 5, 1, 9, 9]
+  assert [aa._sub_runs(name, s) for name in s.attacks] == [1, 9, 9, 1]
+  two = AutoAttackSettings.for_version(8 / 255, version="custom", attacks=("fab_t", "square"),
+                                       fab_t_targets=3, fab_t_restarts=2, square_restarts=4)
+  assert [aa._sub_runs(name, two) for name in two.attacks] == [6, 4]
   # Square inside AutoAttack: the unrescaled p schedule (resc_schedule=False), every version.
   for version in ("standard", "plus"):
     cfg = aa.attack_settings("square", AutoAttackSettings.for_version(8 / 255, version=version))
