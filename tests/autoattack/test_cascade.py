@@ -10,6 +10,21 @@ from jaxrobust.evaluate import autoattack as aa
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 
 
+
+def step_sizes(monkeypatch):
+  """Rows of every compacted segment step the cascade runs (a spy on ``_run_compacted``)."""
+  sizes = []
+  real = aa._run_compacted
+
+  def spy(segs, init, step, xb, *args):
+    def counting_step(xs, *a):
+      sizes.append(len(xs))
+      return step(xs, *a)
+    return real(segs, init, counting_step, xb, *args)
+
+  monkeypatch.setattr(aa, "_run_compacted", spy)
+  return sizes
+
 def _fake_attacks(shifts):
   """Registers attack i, adding shifts[i] to every pixel (clipped): a recognisable signature.
 
@@ -201,16 +216,7 @@ def test_compaction_gives_identical_flags_and_examples(data_dir, monkeypatch):
   logits_fn, x, y = _trained_linear_mnist(data_dir)
   s = AutoAttackSettings.for_version(0.05, "linf", "custom", attacks=("apgd-ce", "apgd-t"),
                                      apgd_steps=10, apgd_t_targets=1)
-  sizes = []
-  real = aa._run_compacted
-
-  def spy(segs, init, step, xb, *args):
-    def counting_step(xs, *a):
-      sizes.append(len(xs))
-      return step(xs, *a)
-    return real(segs, init, counting_step, xb, *args)
-
-  monkeypatch.setattr(aa, "_run_compacted", spy)
+  sizes = step_sizes(monkeypatch)
   full = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False, compact=False)
   assert not sizes
   compacted = run_autoattack(logits_fn, x, y, s, batch_size=32, progress=False)

@@ -16,7 +16,7 @@ from jaxrobust.attacks import fab, fab_pass, fab_targeted, fab_targeted_pass, sq
 from jaxrobust.evaluate import autoattack as aa
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 
-from .test_cascade import _trained_linear_mnist
+from .test_cascade import _trained_linear_mnist, step_sizes
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,19 +28,7 @@ def _correct(logits_fn, x, y):
   return np.asarray(jnp.argmax(logits_fn(jnp.asarray(x)), -1)) == y
 
 
-def _step_sizes(monkeypatch):
-  """Rows of every compacted segment step the cascade runs (a spy on ``_run_compacted``)."""
-  sizes = []
-  real = aa._run_compacted
-
-  def spy(segs, init, step, xb, *args):
-    def counting_step(xs, *a):
-      sizes.append(len(xs))
-      return step(xs, *a)
-    return real(segs, init, counting_step, xb, *args)
-
-  monkeypatch.setattr(aa, "_run_compacted", spy)
-  return sizes
+_step_sizes = step_sizes
 
 
 def test_square_compaction_gives_identical_flags_and_examples(data_dir, monkeypatch):
