@@ -10,7 +10,6 @@ from jaxrobust.evaluate import autoattack as aa
 from jaxrobust.evaluate.autoattack import AutoAttackSettings, run_autoattack
 
 
-
 def step_sizes(monkeypatch):
   """Rows of every compacted segment step the cascade runs (a spy on ``_run_compacted``)."""
   sizes = []
@@ -24,6 +23,7 @@ def step_sizes(monkeypatch):
 
   monkeypatch.setattr(aa, "_run_compacted", spy)
   return sizes
+
 
 def _fake_attacks(shifts):
   """Registers attack i, adding shifts[i] to every pixel (clipped): a recognisable signature.
