@@ -187,11 +187,13 @@ class BatchNorm(nnx.BatchNorm):
   """``nnx.BatchNorm`` whose train mode uses :func:`bn_train` on the CPU backend.
 
   Same variables, names, defaults and running-average update as
-  ``nnx.BatchNorm`` (checkpoints are interchangeable). On XLA:CPU a
-  train-mode call on float32 NHWC input (channels last, no mask, no
-  ``axis_name``) computes its statistics and gradient with
-  :func:`bn_train`; every other case, and every backend but the CPU, runs
-  ``nnx.BatchNorm`` unchanged. ``JAXROBUST_CPU_BN=0`` (read when a function is
+  ``nnx.BatchNorm`` (checkpoints are interchangeable). On XLA:CPU with a
+  single device, a train-mode call on float32 NHWC input (channels last, no
+  mask, no ``axis_name``) computes its statistics and gradient with
+  :func:`bn_train`; every other case runs ``nnx.BatchNorm`` unchanged: other
+  backends, and several CPU devices or processes, where a sharded run must
+  sum in the same order whatever the process layout (a 2-process run and a
+  1-process run of the same 4 devices drifted apart with the product form). ``JAXROBUST_CPU_BN=0`` (read when a function is
   traced) turns this off, for comparisons.
   """
 
@@ -199,6 +201,7 @@ class BatchNorm(nnx.BatchNorm):
     ura = use_running_average if use_running_average is not None else self.use_running_average
     fast = (ura is False and mask is None and self.axis_name is None
             and os.environ.get(ENV_CPU_BN, "1") != "0" and jax.default_backend() == "cpu"
+            and _one_device()
             and self.scale is not None and self.bias is not None
             and _canonical_axes(x.ndim, self.axis) == (x.ndim - 1,)
             and x.dtype == jnp.float32 and self.dtype in (None, jnp.float32)
@@ -209,6 +212,11 @@ class BatchNorm(nnx.BatchNorm):
     self.mean[...] = lax.stop_gradient(self.momentum * self.mean[...] + (1 - self.momentum) * mean)
     self.var[...] = lax.stop_gradient(self.momentum * self.var[...] + (1 - self.momentum) * var)
     return y
+
+
+def _one_device() -> bool:
+  """Whether JAX has a single device (:class:`BatchNorm`'s fast path; tests patch it)."""
+  return jax.device_count() == 1
 
 
 def _canonical_axes(ndim, axis):

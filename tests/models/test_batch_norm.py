@@ -10,6 +10,13 @@ from flax import nnx
 from jaxrobust.models import layers
 
 
+@pytest.fixture(autouse=True)
+def _fast_path_on(monkeypatch):
+  # The fast path is for one CPU device; the suite runs with 8 forced host devices, and these
+  # unsharded arrays live on one of them, so the path is exercised here by patching the check.
+  monkeypatch.setattr(layers, "_one_device", lambda: True)
+
+
 def _pair(c, seed=0):
   fast = layers.batch_norm(c, rngs=nnx.Rngs(seed))
   ref = nnx.BatchNorm(c, momentum=layers.BN_MOMENTUM, epsilon=layers.BN_EPS, rngs=nnx.Rngs(seed))
@@ -83,6 +90,9 @@ def test_eval_mode_masks_and_the_switch_use_flax(monkeypatch):
   fast(x)                                   # switched off: flax's own path
   monkeypatch.delenv(layers.ENV_CPU_BN)
   fast(x, mask=jnp.ones(x.shape, bool))     # masks: flax's own path
+  monkeypatch.setattr(layers, "_one_device", lambda: False)
+  fast(x)                                   # several devices: flax's own path
+  monkeypatch.setattr(layers, "_one_device", lambda: True)
   assert not calls
   with pytest.raises(AssertionError, match="fast path"):
     fast(x)
