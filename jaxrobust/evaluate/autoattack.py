@@ -250,7 +250,7 @@ def _jitted_forward(logits_fn):
 
 
 def check_randomized(logits_fn: AnyLogitsFn, x: jax.Array, y: jax.Array, key: jax.Array,
-                     n: int = 5, alpha: float = 1e-4) -> bool:
+                     n: int = 5, alpha: float = 1e-4, forward=None) -> bool:
   """Whether the model looks randomised: its outputs on ``x`` differ between calls.
 
   The reference's ``checks.check_randomized``: ``n`` forward passes on the same
@@ -265,11 +265,13 @@ def check_randomized(logits_fn: AnyLogitsFn, x: jax.Array, y: jax.Array, key: ja
     key: PRNG key of the passes.
     n: number of passes (>= 2).
     alpha: tolerance on the normalised outputs.
+    forward: ``logits_fn`` already compiled as ``(x, key) -> logits``
+      (default: compiled here), so a caller that also runs it compiles it once.
 
   Returns:
     True when the outputs differ (the reference warns then).
   """
-  fwd = _jitted_forward(logits_fn)
+  fwd = _jitted_forward(logits_fn) if forward is None else forward
   outs = [np.asarray(fwd(x, model_key(key, i))) for i in range(n)]
   correct = [int(np.sum(np.argmax(o, -1) == np.asarray(y))) for o in outs]
   normed = [_l2_normalized(o) for o in outs]
@@ -304,7 +306,7 @@ def sanity_checks(logits_fn: AnyLogitsFn, x: jax.Array, y: jax.Array, s: AutoAtt
   forward = _jitted_forward(logits_fn)
   fwd = lambda z, i: forward(z, model_key(key, 100 + i))
   msgs = []
-  if s.version != "rand" and check_randomized(logits_fn, x, y, key):
+  if s.version != "rand" and check_randomized(logits_fn, x, y, key, forward=forward):
     msgs.append(RANDOMIZED_DEFENSE)
   out = np.asarray(fwd(x, 0))
   if out.max() < 1 + 1e-5 and out.min() > -1e-5 and np.all(np.abs(out.sum(-1) - 1) < 1e-5):
