@@ -3,12 +3,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
+from jaxrobust.weights.plots import plot_interpolation as _plot_interpolation
+from jaxrobust.weights.plots import pyplot as _pyplot
 
 
 def plot_mrc(rows: Sequence[dict], path: str, chosen: str | None = None) -> None:
@@ -31,19 +27,5 @@ def plot_mrc(rows: Sequence[dict], path: str, chosen: str | None = None) -> None
 def plot_interpolation(records: Sequence[dict], path: str, chosen_alpha: float | None = None
                        ) -> None:
   """Validation clean / robust / OOD accuracy against the interpolation alpha."""
-  plt = _pyplot()
-  alphas = [r["alpha"] for r in records]
-  fig, ax = plt.subplots(figsize=(6, 4))
-  for key, label in (("clean", "clean"), ("robust", "robust (PGD)"), ("ood", "OOD (corrupted)")):
-    if all(key in r and r[key] is not None for r in records):
-      ax.plot(alphas, [100 * r[key] for r in records], marker="o", label=label)
-  if chosen_alpha is not None:
-    ax.axvline(chosen_alpha, color="gray", linestyle="--", label=f"chosen alpha={chosen_alpha}")
-  ax.set_xlabel("alpha (0 = adversarially trained, 1 = fine-tuned)")
-  ax.set_ylabel("validation accuracy (%)")
-  ax.set_title("RiFT weight interpolation")
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _plot_interpolation(records, path, chosen_alpha, title="RiFT weight interpolation",
+                      xlabel="alpha (0 = adversarially trained, 1 = fine-tuned)")

@@ -16,7 +16,10 @@ BatchNorm statistics):
   weights (cumulative average over one pass, clean or adversarial inputs).
 * :func:`ema_decay_for_batch_size` -- the EMA decay rescaled to a batch size.
 * :func:`reinit_weights`, :func:`reinit_leaves`, :func:`fresh_weights` --
-  chosen modules re-initialised (Zhang, Bengio & Singer 2022), the rest kept.
+  chosen modules re-initialised (Zhang, Bengio & Singer 2022), the rest kept;
+  :func:`reinit_analysis` / :func:`reinit_table` -- every module in turn
+  (:func:`list_modules`, :func:`replace_module`).
+* :func:`plot_interpolation`, :func:`plot_reinit` (:mod:`jaxrobust.weights.plots`).
 
 Runs in, workdirs out (:mod:`jaxrobust.weights.recipes`)::
 
@@ -24,6 +27,7 @@ Runs in, workdirs out (:mod:`jaxrobust.weights.recipes`)::
     python -m jaxrobust.weights interpolate --from A --to B --alphas 0:1:0.1 --out DIR
     python -m jaxrobust.weights recalibrate --workdirs A --bn recompute_clean --out DIR
     python -m jaxrobust.weights reinit --workdirs A --modules '^linear' --out DIR
+    python -m jaxrobust.weights reinit_analysis --workdirs A --out DIR
 
 SWA during training is ``config.train.swa_start`` (:mod:`jaxrobust.train.swa`;
 the trainer writes the average as ``<workdir>/swa``).
@@ -37,13 +41,18 @@ from jaxrobust.weights.merge import (SELECTION_RULES, check_compatible, diagonal
                                      fisher_merge, greedy_soup, interpolate, parse_alphas,
                                      select_alpha, select_max, sweep, uniform_soup,
                                      weighted_mean)
-from jaxrobust.weights.reinit import REINIT_MODES, fresh_weights, reinit_leaves, reinit_weights
+from jaxrobust.weights.modules import Module, list_modules, module_regex, replace_module
+from jaxrobust.weights.plots import plot_interpolation, plot_reinit
+from jaxrobust.weights.reinit import (REINIT_MODES, fresh_weights, reinit_analysis,
+                                      reinit_leaves, reinit_table, reinit_weights)
 from jaxrobust.train.swa import (SWAState, collects_after_epoch, swa_init, swa_learning_rate,
                                    swa_schedule, swa_update)
 
-__all__ = ["REINIT_MODES", "SELECTION_RULES", "SWAState", "check_compatible",
+__all__ = ["Module", "REINIT_MODES", "SELECTION_RULES", "SWAState", "check_compatible",
            "collects_after_epoch", "diagonal_fisher", "ema_decay_for_batch_size",
-           "fisher_merge", "fresh_weights", "greedy_soup", "interpolate", "parse_alphas",
-           "recompute_batch_stats", "reinit_leaves", "reinit_weights", "select_alpha",
+           "fisher_merge", "fresh_weights", "greedy_soup", "interpolate", "list_modules",
+           "module_regex", "parse_alphas", "plot_interpolation", "plot_reinit",
+           "recompute_batch_stats", "reinit_analysis", "reinit_leaves", "reinit_table",
+           "reinit_weights", "replace_module", "select_alpha",
            "select_max", "swa_init", "swa_learning_rate", "swa_schedule", "swa_update", "sweep",
            "uniform_soup", "weighted_mean"]

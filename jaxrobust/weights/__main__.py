@@ -9,6 +9,8 @@
     python -m jaxrobust.weights recalibrate --workdirs A [--bn recompute_clean] --out DIR
     python -m jaxrobust.weights reinit --workdirs A --modules REGEX
         [--reinit_mode reinit|rerandom] [--seed N] [--reset_batch_stats] --out DIR
+    python -m jaxrobust.weights reinit_analysis --workdirs A [--modules REGEX]
+        [--exclude_modules REGEX] [--reinit_modes reinit,rerandom] [--seed N] --out DIR
 
 ``A``, ``B``, ``C`` are ``--workdir`` directories of ``python -m
 jaxrobust.train`` runs of one architecture. Selection uses the runs'
@@ -16,7 +18,11 @@ validation split (held out from train) and their ``config.eval.val_attack``.
 ``DIR`` is then read like any trained run: ``python -m jaxrobust.evaluate
 --workdir DIR``. ``recalibrate`` recomputes the BatchNorm statistics of one
 run (of its EMA weights when it kept them). ``reinit`` re-initialises the
-parameters whose dotted name matches ``--modules`` (:mod:`jaxrobust.weights.reinit`).
+parameters whose dotted name matches ``--modules`` (:mod:`jaxrobust.weights.reinit`);
+``reinit_analysis`` resets every conv / dense module in turn (``--modules``
+then filters module names) and writes ``reinit.json``, a Markdown table
+``reinit.md`` and a plot ``reinit.png`` to ``DIR``. ``interpolate`` also draws
+its validation curve (``DIR/interpolation.png``).
 See :mod:`jaxrobust.weights.recipes`.
 """
 from jaxrobust.cli import apply_cpu_defaults, run_main
@@ -25,11 +31,11 @@ apply_cpu_defaults()
 
 from absl import flags  # noqa: E402  pylint: disable=g-import-not-at-top
 
-COMMANDS = ("soup", "interpolate", "recalibrate", "reinit")
+COMMANDS = ("soup", "interpolate", "recalibrate", "reinit", "reinit_analysis")
 
 _WORKDIRS = flags.DEFINE_multi_string(
     "workdirs", [], "soup: the ingredient runs (--workdirs A B C or repeated --workdirs); "
-    "recalibrate, reinit: the one run.")
+    "recalibrate, reinit, reinit_analysis: the one run.")
 _FROM = flags.DEFINE_string("from", None, "interpolate: run at alpha = 0 (e.g. the AT model).")
 _TO = flags.DEFINE_string("to", None, "interpolate: run at alpha = 1 (e.g. the fine-tuned one).")
 _ALPHAS = flags.DEFINE_string("alphas", "0:1:0.1", "interpolate: start:stop:step or a comma list.")
@@ -46,11 +52,17 @@ _BN = flags.DEFINE_enum("bn", None, ["average", "recompute_clean", "recompute_ad
                         "Default: average (soup, interpolate), recompute_clean (recalibrate).")
 _WHICH = flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of each run.")
 _MODULES = flags.DEFINE_string("modules", None, "reinit: regex over dotted parameter names "
-                               "(e.g. 'convs\\.0\\.' or '^linear\\.').")
+                               "(e.g. 'convs\\.0\\.' or '^linear\\.'); reinit_analysis: "
+                               "regex over module names (default: every conv / dense module).")
+_EXCLUDE = flags.DEFINE_string("exclude_modules", "", "reinit_analysis: regex of module names "
+                               "to leave out.")
+_REINIT_MODES = flags.DEFINE_list("reinit_modes", ["reinit", "rerandom"],
+                                  "reinit_analysis: modes to measure, comma separated.")
 _REINIT_MODE = flags.DEFINE_enum("reinit_mode", "reinit", ["reinit", "rerandom"],
                                  "reinit: the run's initial weights (its seed) or a fresh "
                                  "random draw (--seed, default the run's seed + 1).")
-_SEED = flags.DEFINE_integer("seed", None, "reinit: initialisation seed (overrides the mode's).")
+_SEED = flags.DEFINE_integer("seed", None, "reinit: initialisation seed (overrides the mode's); "
+                             "reinit_analysis: reinit seed (rerandom: seed + 1).")
 _RESET_BN = flags.DEFINE_bool("reset_batch_stats", False, "reinit: also reset the matched "
                               "modules' BatchNorm running averages.")
 _SAVE_ALL = flags.DEFINE_bool("save_all", False, "interpolate: also write every grid point as "
@@ -99,6 +111,13 @@ def main(argv):
     check_workdir(_OUT.value, "--out")
     reinit_run(_WORKDIRS.value[0], _OUT.value, _MODULES.value, _REINIT_MODE.value, _SEED.value,
                _WHICH.value, _RESET_BN.value)
+  elif argv[1] == "reinit_analysis":
+    from jaxrobust.weights.reinit import reinit_analysis_run  # pylint: disable=g-import-not-at-top
+    if len(_WORKDIRS.value) != 1:
+      raise ConfigError(f"reinit_analysis takes one run: --workdirs A (got {_WORKDIRS.value})")
+    check_workdir(_OUT.value, "--out")
+    reinit_analysis_run(_WORKDIRS.value[0], _OUT.value, _MODULES.value or "", _EXCLUDE.value,
+                        tuple(_REINIT_MODES.value), _WHICH.value, _SEED.value)
   elif argv[1] == "recalibrate":
     if len(_WORKDIRS.value) != 1:
       raise ConfigError(f"recalibrate takes one run: --workdirs A (got {_WORKDIRS.value})")

@@ -22,6 +22,7 @@ from jaxrobust.errors import ConfigError
 from jaxrobust.train.bn import recompute_batch_stats
 from jaxrobust.weights.merge import (SELECTION_RULES, greedy_soup, interpolate, sweep,
                                      uniform_soup)
+from jaxrobust.weights.plots import plot_interpolation
 from jaxrobust.weights.runs import (Validator, check_fresh, check_same_architecture, load_runs,
                                     tree_of,
                                     warn_if_different_initialisation, write_workdir)
@@ -137,7 +138,9 @@ def interpolate_runs(from_dir: str, to_dir: str, alphas: Sequence[float], out: s
   ``alpha = 0``, RiFT's rule) is written as the workdir ``out`` (its
   statistics recomputed per ``bn``), and with ``save_all`` every grid point
   as ``<out>/alpha_<alpha>/`` too (statistics as interpolated).
-  ``<out>/interpolation.json`` holds the records.
+  ``<out>/interpolation.json`` holds the records and
+  ``<out>/interpolation.png`` draws them (validation clean / robust against
+  alpha).
 
   Raises:
     ConfigError: an unknown rule, runs of different architectures, a grid
@@ -177,6 +180,9 @@ def interpolate_runs(from_dir: str, to_dir: str, alphas: Sequence[float], out: s
   if jax.process_index() == 0:
     with open(os.path.join(out, "interpolation.json"), "w", encoding="utf-8") as f:
       json.dump(record, f, indent=2, default=str)
+    plot_interpolation(records, os.path.join(out, "interpolation.png"), chosen["alpha"],
+                       xlabel=f"alpha (0 = {os.path.basename(os.path.normpath(from_dir))}, "
+                              f"1 = {os.path.basename(os.path.normpath(to_dir))})")
   _say(f"interpolation: alpha {chosen['alpha']:g} chosen ({select}); val clean "
        f"{val['clean']:.4f}, robust {val['robust']:.4f} -> {out}")
   return record

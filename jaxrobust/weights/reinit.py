@@ -5,25 +5,29 @@ trained layer is *re-initialised* (its weights at initialisation, i.e. the
 run's own seed) or *re-randomised* (a fresh draw from the same initialisers,
 another seed), every other parameter kept, and the model is evaluated; the
 robustness survey lists it among the generalisation diagnostics
-(:mod:`jaxrobust.rift.reinit` runs the per-module accuracy analysis).
+(:func:`reinit_analysis` / :func:`reinit_analysis_run`: every module in
+turn, a table and a plot; RiFT's pipeline runs the same analysis).
 
 The initialisers are the model's own: the fresh weights come from building
 the same architecture (:func:`jaxrobust.train.builders.build_model`) with the
 given seed, so a leaf's new value is exactly what that seed's model holds
 (bit-identical to ``build_model(config, shape, seed)``). Modules are chosen by
 a regular expression searched in the dotted parameter names (``'convs.1.'``,
-``'^linear\\.'``; :func:`jaxrobust.rift.modules.module_regex` turns exact
+``'^linear\\.'``; :func:`jaxrobust.weights.modules.module_regex` turns exact
 module names into one). BatchNorm running averages are kept unless
 ``reset_batch_stats`` (then those of the matched modules take the fresh
 model's, i.e. mean 0 / variance 1).
 
     python -m jaxrobust.weights reinit --workdirs A --modules 'convs\\.0\\.' \\
         [--reinit_mode reinit|rerandom] [--seed N] --out DIR
+    python -m jaxrobust.weights reinit_analysis --workdirs A [--modules REGEX] --out DIR
 """
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any
+import os
+from typing import Any, Callable, Sequence
 
 import jax
 
@@ -31,6 +35,7 @@ from jaxrobust.errors import ConfigError
 from jaxrobust.train.builders import build_model, image_shape_of
 from jaxrobust.train.state import split_model
 from jaxrobust.utils.paths import compile_regex, named_leaves, select_leaves
+from jaxrobust.weights.modules import Module, list_modules, replace_module
 
 log = logging.getLogger("jaxrobust")
 
@@ -149,4 +154,132 @@ def reinit_run(workdir: str, out: str, pattern: str, mode: str = "reinit",
   return record
 
 
-__all__ = ["REINIT_MODES", "fresh_weights", "reinit_leaves", "reinit_run", "reinit_weights"]
+def reinit_analysis(params, modules: Sequence[Module], init_params, random_params,
+                    evaluate: Callable, modes: Sequence[str] = REINIT_MODES,
+                    progress: Callable | None = None) -> list[dict]:
+  """Clean / robust accuracy after resetting each module in turn, everything else kept.
+
+  "Are all layers created equal?" (Zhang, Bengio & Singer, JMLR 2022): a
+  module is *re-initialised* (``init_params``: its weights at initialisation)
+  or *re-randomised* (``random_params``: a fresh draw from the same
+  initialisers); robustness-critical modules are those whose reset destroys
+  robust accuracy.
+
+  Args:
+    params: trained parameters.
+    modules: modules to reset, one at a time (:func:`list_modules`).
+    init_params: the parameters at initialisation (same structure).
+    random_params: an independent random initialisation (same structure).
+    evaluate: ``params -> {'clean': acc, 'robust': acc}``.
+    modes: subset of :data:`REINIT_MODES`.
+    progress: optional callback ``(module name, mode)`` after each evaluation.
+
+  Returns:
+    ``[{'module', 'mode', 'clean', 'robust'}]`` for every module and mode, in
+    module order.
+
+  Raises:
+    ValueError: an unknown mode.
+  """
+  bad = set(modes) - set(REINIT_MODES)
+  if bad:
+    raise ValueError(f"unknown re-initialisation mode(s) {sorted(bad)}; use {REINIT_MODES}")
+  sources = {"reinit": init_params, "rerandom": random_params}
+  rows = []
+  for m in modules:
+    for mode in modes:
+      acc = evaluate(replace_module(params, sources[mode], m.name))
+      rows.append({"module": m.name, "mode": mode, **acc})
+      if progress is not None:
+        progress(m.name, mode)
+  return rows
+
+
+def reinit_table(rows: Sequence[dict], baseline: dict | None = None) -> str:
+  """A Markdown table of :func:`reinit_analysis` rows: one line per module, clean / robust per mode.
+
+  Accuracies are printed in percent with one decimal; ``baseline`` (the
+  trained model's ``{'clean', 'robust'}``) is the first line.
+  """
+  modules = list(dict.fromkeys(r["module"] for r in rows))
+  modes = list(dict.fromkeys(r["mode"] for r in rows))
+  acc = {(r["module"], r["mode"]): r for r in rows}
+  head = "| module | " + " | ".join(f"{m} clean | {m} robust" for m in modes) + " |"
+  lines = [head, "| --- |" + " ---: | ---: |" * len(modes)]
+  if baseline is not None:
+    cells = f"{100 * baseline['clean']:.1f} | {100 * baseline['robust']:.1f}"
+    lines.append("| (trained, nothing reset) | " + " | ".join([cells] * len(modes)) + " |")
+  for m in modules:
+    cells = []
+    for mode in modes:
+      r = acc.get((m, mode))
+      cells.append("- | -" if r is None else f"{100 * r['clean']:.1f} | {100 * r['robust']:.1f}")
+    lines.append(f"| `{m}` | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def reinit_analysis_run(workdir: str, out: str, include: str = "", exclude: str = "",
+                        modes: Sequence[str] = REINIT_MODES, which: str = "best",
+                        seed: int | None = None, plot: bool = True, mesh=None) -> dict:
+  """The re-initialisation analysis of one trained run, written to ``out``.
+
+  Every conv / dense module of the run (filtered by the ``include`` /
+  ``exclude`` regexes over module names) is reset in turn, for each mode:
+  ``reinit`` takes the weights the run started from when trained from a seed
+  (its ``config.seed``, or ``seed``), ``rerandom`` a fresh draw (``seed + 1``,
+  default ``config.seed + 1``). Accuracy is measured on the run's validation
+  split (held out from train) under ``config.eval.val_attack``, BatchNorm
+  running averages kept. Writes ``<out>/reinit.json`` (rows, baseline,
+  settings), ``<out>/reinit.md`` (the table) and ``<out>/reinit.png``.
+
+  Returns:
+    The record written to ``reinit.json``.
+
+  Raises:
+    ConfigError: unknown modes, a regex that matches no module, an ``out``
+      that already holds an analysis. CheckpointError, DataError.
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from jaxrobust.weights.runs import Validator, load_runs
+  bad = set(modes) - set(REINIT_MODES)
+  if bad or not modes:
+    raise ConfigError(f"unknown re-initialisation mode(s) {sorted(bad) or list(modes)}; "
+                      f"choose from {REINIT_MODES}")
+  path = os.path.join(out, "reinit.json")
+  if os.path.exists(path):
+    raise ConfigError(f"--out {out} already holds a re-initialisation analysis (reinit.json); "
+                      "choose a fresh directory")
+  (run,) = load_runs([workdir], which, mesh)
+  modules = list_modules(run.params, include, exclude)
+  base_seed = int(run.config.seed) if seed is None else int(seed)
+  init_params, _ = fresh_weights(run.config, base_seed)
+  random_params, _ = fresh_weights(run.config, base_seed + 1)
+  validator = Validator(run, mesh)
+
+  def evaluate(params):
+    return validator(params, run.batch_stats)
+
+  baseline = evaluate(run.params)
+  rows = reinit_analysis(run.params, modules, init_params, random_params, evaluate, modes)
+  record = {"workdir": os.path.abspath(workdir), "which": run.which, "step": run.step,
+            "modes": list(modes), "seeds": {"reinit": base_seed, "rerandom": base_seed + 1},
+            "include": include, "exclude": exclude,
+            "val_attack": dict(validator.config.eval.val_attack),
+            "val_size": int(len(validator.splits.val)), "baseline": baseline, "rows": rows}
+  if jax.process_index() == 0:
+    os.makedirs(out, exist_ok=True)
+    table = reinit_table(rows, baseline)
+    with open(os.path.join(out, "reinit.md"), "w", encoding="utf-8") as f:
+      f.write(table)
+    if plot:
+      from jaxrobust.weights.plots import plot_reinit  # pylint: disable=g-import-not-at-top
+      plot_reinit(rows, os.path.join(out, "reinit.png"), baseline)
+    with open(path, "w", encoding="utf-8") as f:
+      json.dump(record, f, indent=2, default=float)
+    print(f"re-initialisation of {len(modules)} modules ({', '.join(modes)}), validation "
+          f"accuracy in %:\n{table}-> {out}", flush=True)
+  return record
+
+
+__all__ = ["REINIT_MODES", "fresh_weights", "reinit_analysis", "reinit_analysis_run",
+           "reinit_leaves", "reinit_run", "reinit_table", "reinit_weights"]

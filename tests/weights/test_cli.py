@@ -129,6 +129,7 @@ def test_interpolate_cli_endpoints_and_evaluate(two_runs, tmp_path):
   rec = json.loads((out / "interpolation.json").read_text())
   assert [r["alpha"] for r in rec["records"]] == [0.0, 0.5, 1.0]
   assert rec["chosen"] in rec["records"] and rec["select"] == "clean_within_robust_tolerance"
+  assert (out / "interpolation.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
   a, b = (load_trained(w) for w in two_runs)
   for alpha, want in (("0", a), ("1", b)):  # endpoints exact, statistics included.
     got = load_trained(str(out / f"alpha_{alpha}"))

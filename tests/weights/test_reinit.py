@@ -13,7 +13,8 @@ from jaxrobust.train.builders import build_model
 from jaxrobust.train.defaults import default_config
 from jaxrobust.train.state import split_model
 from jaxrobust.utils.paths import named_leaves
-from jaxrobust.weights import fresh_weights, reinit_leaves, reinit_weights
+from jaxrobust.weights import (fresh_weights, list_modules, reinit_analysis, reinit_leaves,
+                               reinit_table, reinit_weights)
 from tests.train.helpers import REPO, load_config
 
 SHAPE = (32, 32, 3)
@@ -111,3 +112,66 @@ def test_reinit_cli_writes_a_run(tmp_path, data_dir):
                         str(run), f"--out={tmp_path / 'o'}"], cwd=REPO, capture_output=True,
                        text=True, timeout=900, check=False)
   assert bad.returncode == 2 and "reinit takes one run and a regex" in bad.stderr
+  # The per-module analysis: every module x both modes; its (linear, rerandom) row is the
+  # single re-initialisation above (rerandom = --seed + 1 = 9), computed the other way.
+  table = tmp_path / "table"
+  proc = subprocess.run([sys.executable, "-m", "jaxrobust.weights", "reinit_analysis",
+                         "--workdirs", str(run), "--seed", "8", f"--out={table}"], cwd=REPO,
+                        capture_output=True, text=True, timeout=900, check=False)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  analysis = json.loads((table / "reinit.json").read_text())
+  modules = [n[:-len(".kernel")] for n in _named(src.params) if n.endswith(".kernel")]
+  assert [(r["module"], r["mode"]) for r in analysis["rows"]] == [
+      (m, mode) for m in modules for mode in ("reinit", "rerandom")]
+  assert analysis["seeds"] == {"reinit": 8, "rerandom": 9}
+  assert analysis["baseline"] == record["sources"][0]["val"]
+  (row,) = [r for r in analysis["rows"] if (r["module"], r["mode"]) == ("linear", "rerandom")]
+  assert {k: row[k] for k in ("clean", "robust")} == record["val"]
+  md = (table / "reinit.md").read_text()
+  assert md.count("\n") == len(modules) + 3 and "`linear`" in md
+  assert (table / "reinit.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+  again = subprocess.run([sys.executable, "-m", "jaxrobust.weights", "reinit_analysis",
+                          "--workdirs", str(run), f"--out={table}"], cwd=REPO,
+                         capture_output=True, text=True, timeout=900, check=False)
+  assert again.returncode == 2 and "already holds a re-initialisation analysis" in again.stderr
+
+
+def test_reinit_analysis_resets_one_module_at_a_time():
+  """Each evaluation sees exactly one module from the chosen source, every other leaf trained."""
+  params, _ = _trained()
+  init, _ = fresh_weights(_config(), 0)
+  rand, _ = fresh_weights(_config(), 1)
+  modules = list_modules(params)
+  seen = []
+
+  def evaluate(p):
+    got, want_trained = _named(p), _named(params)
+    changed = sorted({n.rsplit(".", 1)[0] for n in got
+                      if not np.array_equal(got[n], want_trained[n])})
+    (module,) = changed
+    src = [k for k, t in (("reinit", init), ("rerandom", rand))
+           if all(np.array_equal(got[n], _named(t)[n]) for n in got
+                  if n.startswith(module + "."))]
+    seen.append((module, src))
+    return {"clean": len(seen) / 100, "robust": len(seen) / 200}
+
+  rows = reinit_analysis(params, modules, init, rand, evaluate)
+  assert [(r["module"], r["mode"]) for r in rows] == [
+      (m.name, mode) for m in modules for mode in ("reinit", "rerandom")]
+  assert seen == [(r["module"], [r["mode"]]) for r in rows]
+  assert [r["clean"] for r in rows] == [(i + 1) / 100 for i in range(len(rows))]
+  only = reinit_analysis(params, modules[:1], init, rand, evaluate, modes=("rerandom",))
+  assert [(r["module"], r["mode"]) for r in only] == [(modules[0].name, "rerandom")]
+  with pytest.raises(ValueError, match="unknown re-initialisation mode"):
+    reinit_analysis(params, modules, init, rand, evaluate, modes=("zero",))
+
+
+def test_reinit_table_lists_every_module_in_percent():
+  rows = [{"module": "convs.0", "mode": "reinit", "clean": 0.5, "robust": 0.25},
+          {"module": "convs.0", "mode": "rerandom", "clean": 0.1, "robust": 0.0},
+          {"module": "linear", "mode": "reinit", "clean": 0.456, "robust": 0.123}]
+  lines = reinit_table(rows, {"clean": 0.6, "robust": 0.3}).splitlines()
+  assert lines[0] == "| module | reinit clean | reinit robust | rerandom clean | rerandom robust |"
+  assert lines[2] == "| (trained, nothing reset) | 60.0 | 30.0 | 60.0 | 30.0 |"
+  assert lines[3] == "| `convs.0` | 50.0 | 25.0 | 10.0 | 0.0 |"
+  assert lines[4] == "| `linear` | 45.6 | 12.3 | - | - |"
