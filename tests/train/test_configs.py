@@ -94,3 +94,14 @@ def test_teachers_load_from_workdirs_with_an_optional_bf16_forward(teacher_workd
   assert not np.array_equal(np.asarray(got), np.asarray(want))  # really ran in bf16
   for a, b in zip(jax.tree.leaves(frozen), jax.tree.leaves(frozen16)):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_trades_teacher_variant_is_the_local_run_wider_and_longer():
+  """``cifar10_trades.py:teacher``: the :local TRADES objective, 4x the widths, 3x the epochs."""
+  local, teacher = load_config("cifar10_trades", "local"), load_config("cifar10_trades", "teacher")
+  validate_config(teacher)
+  assert teacher.model.name == local.model.name == "simple_cnn"
+  assert tuple(teacher.model.kwargs["widths"]) == (64, 128, 256)
+  assert teacher.train.num_epochs == 3 * local.train.num_epochs == 15
+  assert teacher.method.to_dict() == local.method.to_dict()
+  assert load_config("cifar10_trades", "local,teacher").to_dict() == teacher.to_dict()
