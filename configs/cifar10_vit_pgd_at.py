@@ -13,7 +13,7 @@ epoch 35, x0.01 from epoch 38), weight decay 1e-4 on every parameter, the
 raw gradient clipped to global norm 1.0 first; random crop 4 (zero padding) +
 flip. Evaluation as the paper's ``pgd.py``: PGD-20 of 2/255 that updates
 only still-correct points (``early_stop``); ``python -m jaxrobust.evaluate
---attacks clean,cw20,pgd20,pgd100,aa-standard`` gives the rest of its table.
+--attacks clean,cw20,pgd20_mo,pgd100,aa-standard`` gives the rest of its table.
 The official run keeps the last epoch; we report last and the best by
 validation PGD accuracy.
 

@@ -13,7 +13,7 @@ eps plot with ``--curve_eps``).
 Names: ``clean``, ``fgsm``, ``fgsm_iad``, ``pgd20``, ``pgd20_trades``,
 ``pgd20_rslad``, ``cw30`` (the default suite; each the protocol of the
 evaluation code it is named after, see :mod:`jaxrobust.evaluate.suite`),
-``cw20`` and ``pgd100`` (Mo et al.'s ViT protocol), ``aa-standard``,
+``cw20``, ``pgd20_mo`` and ``pgd100`` (Mo et al.'s ViT protocol), ``aa-standard``,
 ``aa-plus``, ``aa-rand``,
 and ``aa-custom`` (with ``--aa_attacks apgd_ce,square``); AutoAttack names
 are also accepted with underscores (``aa_standard``) and the cascade's

@@ -40,3 +40,14 @@ def test_cw20_and_pgd100_are_named_evaluations_outside_the_default_list():
   assert "cw20" not in DEFAULT_SUITE and "pgd100" not in DEFAULT_SUITE
   assert {"cw20", "pgd100"} <= set(evaluation_names())
   assert canonical_evaluation_name(" CW20") == "cw20"
+
+
+def test_pgd20_mo_is_pgd20_early_stopped_and_the_vit_recipe_test_attack():
+  """Mo et al.'s PGD-20 column: PGD_SAT's settings with early stop, as the trainer tests it."""
+  s = suite_attacks(["pgd20", "pgd20_mo"])
+  assert s["pgd20_mo"] == dict(s["pgd20"], early_stop=True)
+  assert "pgd20_mo" not in DEFAULT_SUITE and "pgd20_mo" in evaluation_names()
+  from tests.train.helpers import load_config  # pylint: disable=g-import-not-at-top
+  test_attack = dict(load_config("cifar10_vit_pgd_at", "local").eval.test_attack)
+  want = {k: v for k, v in s["pgd20_mo"].items() if k not in ("eps", "norm")}
+  assert {k: test_attack[k] for k in want} == want
