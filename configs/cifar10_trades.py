@@ -22,7 +22,7 @@ This run is also the teacher of ``cifar10_ard.py`` and ``cifar10_rslad.py``.
 ``:local`` — CPU-scale (not measured; roughly 3-4 times ``cifar10_pgd_at.py:local``):
 ``simple_cnn``, 3-step inner max (step 0.012), 5 epochs, one-cycle lr 0.2.
 ``:teacher`` (= ``:local,teacher``) — the CPU-scale distillation teacher: the same TRADES
-objective on a 4x-wide ``simple_cnn`` (widths 64 / 128 / 256 instead of
+objective on a 2x-wide ``simple_cnn`` (widths 64 / 128 / 256 instead of
 32 / 64 / 128, about 4x the student's FLOPs) trained 3x as long (15 epochs),
 so that it is clearly more robust than the ``:local`` students of
 ``cifar10_ard.py``, ``cifar10_iad.py`` and ``cifar10_rslad.py`` (RSLAD's and
