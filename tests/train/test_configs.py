@@ -97,7 +97,7 @@ def test_teachers_load_from_workdirs_with_an_optional_bf16_forward(teacher_workd
 
 
 def test_trades_teacher_variant_is_the_local_run_wider_and_longer():
-  """``cifar10_trades.py:teacher``: the :local TRADES objective, 4x the widths, 3x the epochs."""
+  """``cifar10_trades.py:teacher``: the :local TRADES objective, 2x the widths, 3x the epochs."""
   local, teacher = load_config("cifar10_trades", "local"), load_config("cifar10_trades", "teacher")
   validate_config(teacher)
   assert teacher.model.name == local.model.name == "simple_cnn"
