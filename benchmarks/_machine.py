@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 
 
 def cpu_threads() -> int:
@@ -39,3 +40,17 @@ def own_cpu_s(children: bool = False) -> float:
   t = os.times()
   own = t.user + t.system
   return own + t.children_user + t.children_system if children else own
+
+
+def call_times(fn, repeats: int) -> list[float]:
+  """Wall seconds of ``repeats`` calls of ``fn`` after one untimed warm-up call.
+
+  ``fn`` must block until its result is ready (e.g. ``jax.block_until_ready``).
+  """
+  fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return times

@@ -15,23 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
-import time
 
 SHAPES = [(128, 32, 32, 64), (128, 16, 16, 128), (128, 8, 8, 256), (128, 4, 4, 512)]
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import call_times  # noqa: E402
 
 
 def _median_ms(fn, repeats):
-  import numpy as np  # pylint: disable=g-import-not-at-top
-  fn()
-  ts = []
-  for _ in range(repeats):
-    t = time.perf_counter()
-    fn()
-    ts.append(time.perf_counter() - t)
-  return round(1e3 * float(np.median(ts)), 2)
+  return round(1e3 * statistics.median(call_times(fn, repeats)), 2)
 
 
 def run_jax(repeats):

@@ -30,12 +30,12 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO_ROOT not in sys.path:
   sys.path.insert(0, REPO_ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _machine import call_times  # noqa: E402
 
 # (spatial size, channels) of PreAct-ResNet-18's 3x3 stride-1 convolutions on
 # 32x32 inputs; each occurs 3-4 times in the network.
@@ -44,13 +44,7 @@ IMPLS = ("jax", "torch_nchw", "torch_channels_last", "winograd2", "winograd4")
 
 
 def _best(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return min(times)
+  return min(call_times(fn, repeats))
 
 
 # --- Winograd prototype (Lavin & Gray, "Fast Algorithms for Convolutional
